@@ -1,0 +1,111 @@
+"""Prefill and the compiled decode loop.
+
+`prefill` runs the prompt (token embeddings or any input embeddings) once and fills a KV cache;
+`decode` generates inside one `jax.lax.while_loop`, so there is no Python work per token and the
+loop stops as soon as every row has produced an end-of-sequence token. Both are jitted on padded
+shapes: prompts are right-padded to a length bucket and the cache to a size bucket, so one
+compiled program serves every prompt length inside a bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from h2mt_jax.backbone.attention import KVCache
+from h2mt_jax.generation.sampling import Sampling, choose
+from h2mt_jax.typing import Array, Float, Int
+
+# Prompt and cache lengths are rounded up to one of these, then to multiples of the largest.
+BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+def bucket(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
+    """The smallest bucket >= n (multiples of the last bucket past it)."""
+    for b in buckets:
+        if n <= b:
+            return b
+    top = buckets[-1]
+    return -(-n // top) * top
+
+
+def _last_hidden(hidden: Float[Array, "b t d"], lengths: Int[Array, "b"]) -> Float[Array, "b d"]:
+    idx = jnp.clip(lengths - 1, 0, hidden.shape[1] - 1)
+    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
+
+
+def prefill_cache(model, embeds: Float[Array, "b t d"], lengths: Int[Array, "b"],
+                  cache_size: int) -> tuple[Float[Array, "b v"], KVCache]:
+    """Runs the prompt, returns the logits after each row's last real token and the KV cache.
+
+    Rows are right-padded: row `b` has `lengths[b]` real tokens. Padding never influences real
+    positions (attention is causal) and its cache slots are overwritten by the generated tokens.
+    """
+    t = embeds.shape[1]
+    if cache_size < t:
+        raise ValueError(f"cache_size {cache_size} < prompt length {t}")
+    hidden, kvs = model(embeds)
+    pad = cache_size - t
+    keys = [jnp.pad(k.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, pad))) for k, _ in kvs]
+    values = [jnp.pad(v.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0))) for _, v in kvs]
+    logits = model.logits(_last_hidden(hidden, lengths))
+    return logits, KVCache(keys=keys, values=values, lengths=lengths.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))
+def prefill(graphdef, params, embeds: Float[Array, "b t d"], lengths: Int[Array, "b"],
+            cache_size: int) -> tuple[Float[Array, "b v"], KVCache]:
+    """Jitted `prefill_cache` from input embeddings on a (graphdef, params) split model."""
+    return prefill_cache(nnx.merge(graphdef, params), embeds, lengths, cache_size)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))
+def prefill_tokens(graphdef, params, ids: Int[Array, "b t"], lengths: Int[Array, "b"],
+                   cache_size: int) -> tuple[Float[Array, "b v"], KVCache]:
+    """Jitted `prefill_cache` from token ids."""
+    model = nnx.merge(graphdef, params)
+    return prefill_cache(model, model.embed(ids), lengths, cache_size)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_new_tokens"),
+                   donate_argnames=("cache",))
+def decode(graphdef, params, cache: KVCache, first_logits: Float[Array, "b v"], key: Array,
+           eos_ids: Int[Array, "e"], pad_id: int | Array, *, sampling: Sampling,
+           max_new_tokens: int) -> tuple[Int[Array, "b n"], Int[Array, "b"], KVCache]:
+    """Generates up to `max_new_tokens` tokens per row from a filled cache.
+
+    Returns the tokens `[b, max_new_tokens]` (positions after a row's end-of-sequence token hold
+    `pad_id`), the number of tokens per row (the end-of-sequence token included) and the cache
+    (the donated input cache, updated in place).
+    """
+    model = nnx.merge(graphdef, params)
+    b = first_logits.shape[0]
+    key, sub = jax.random.split(key)
+    tok = choose(first_logits, sampling, sub)
+    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+    done = jnp.isin(tok, eos_ids)
+    counts = jnp.ones((b,), jnp.int32)
+
+    def cond(carry):
+        i, _, _, _, done, _, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, tok, cache, out, done, counts, key = carry
+        hidden, kvs = model(model.embed(tok[:, None]), cache=cache)
+        cache = KVCache(keys=[k for k, _ in kvs], values=[v for _, v in kvs],
+                        lengths=cache.lengths + 1)
+        key, sub = jax.random.split(key)
+        nxt = choose(model.logits(hidden[:, 0]), sampling, sub)
+        nxt = jnp.where(done, pad_id, nxt)
+        counts = counts + (~done).astype(jnp.int32)
+        out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
+        done = done | jnp.isin(nxt, eos_ids)
+        return i + 1, nxt, cache, out, done, counts, key
+
+    carry = (jnp.int32(1), tok, cache, out, done, counts, key)
+    _, _, cache, out, _, counts, _ = jax.lax.while_loop(cond, body, carry)
+    return out, counts, cache

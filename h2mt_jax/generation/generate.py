@@ -1,0 +1,91 @@
+"""Host-side generation driver: pad to buckets, prefill, decode, time each phase."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from h2mt_jax.generation.decode import bucket, decode, prefill, prefill_tokens
+from h2mt_jax.generation.sampling import Sampling
+
+
+@dataclasses.dataclass
+class Generation:
+    """Generated token ids per row (end-of-sequence token excluded) and phase timings (seconds).
+
+    `ttft_s` is prefill plus the choice of the first token: the time to first token of the prompt
+    as given (callers add their own query encoding or routing time).
+    """
+
+    tokens: list[list[int]]
+    prefill_s: float
+    decode_s: float
+    prompt_tokens: list[int]
+
+    @property
+    def ttft_s(self) -> float:
+        return self.prefill_s
+
+
+def pad_ids(ids: list[list[int]], pad_id: int, length: int) -> np.ndarray:
+    out = np.full((len(ids), length), pad_id, np.int32)
+    for i, row in enumerate(ids):
+        out[i, :len(row)] = row
+    return out
+
+
+def _finish(out, counts, eos_ids) -> list[list[int]]:
+    out, counts = np.asarray(out), np.asarray(counts)
+    rows = []
+    for r, n in zip(out, counts):
+        toks = [int(t) for t in r[:n]]
+        if toks and toks[-1] in eos_ids:
+            toks = toks[:-1]
+        rows.append(toks)
+    return rows
+
+
+def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], pad_id: int,
+             max_new_tokens: int, sampling: Sampling = Sampling(), seed: int = 0,
+             ids: list[list[int]] | None = None, embeds: np.ndarray | jax.Array | None = None,
+             lengths: list[int] | None = None) -> Generation:
+    """Generates from token-id prompts (`ids`) or from input embeddings (`embeds` `[B, T, d]` with
+    `lengths`). Prompts are right-padded to a length bucket; the cache to a size bucket."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if (ids is None) == (embeds is None):
+        raise ValueError("pass exactly one of ids or embeds")
+    if ids is not None:
+        lengths = [len(r) for r in ids]
+    else:
+        lengths = list(lengths if lengths is not None else [embeds.shape[1]] * embeds.shape[0])
+    if min(lengths) < 1:
+        raise ValueError(f"prompt {int(np.argmin(lengths))} is empty")
+    longest = max(lengths)
+    if longest + max_new_tokens > max_positions:
+        raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+                         f"model's {max_positions} positions; shorten or truncate the prompt")
+    t = bucket(longest)
+    cache_size = min(bucket(t + max_new_tokens), max(max_positions, t + max_new_tokens))
+    lens = jnp.asarray(lengths, jnp.int32)
+    start = time.perf_counter()
+    if ids is not None:
+        logits, cache = prefill_tokens(graphdef, params, jnp.asarray(pad_ids(ids, pad_id, t)),
+                                       lens, cache_size)
+    else:
+        x = jnp.asarray(embeds)
+        x = jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0)))
+        logits, cache = prefill(graphdef, params, x, lens, cache_size)
+    logits.block_until_ready()
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+    out, counts, _ = decode(graphdef, params, cache, logits, jax.random.PRNGKey(seed), eos,
+                         jnp.int32(pad_id), sampling=sampling, max_new_tokens=max_new_tokens)
+    out = jax.device_get(out)
+    decode_s = time.perf_counter() - start
+    return Generation(_finish(out, counts, set(eos_ids)), prefill_s, decode_s, lengths)

@@ -1,0 +1,175 @@
+"""`LM`: a backbone with its tokenizer, the object the public API hands out.
+
+    lm = h2mt_jax.load_lm("smollm2-135m-instruct")
+    lm.generate(["What is the capital of France?"], max_new_tokens=16)
+    lm.logits(np.array([[1, 2, 3]]))          # [1, 3, vocab] float32
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from h2mt_jax.backbone.config import BackboneConfig
+from h2mt_jax.backbone.model import Llama
+from h2mt_jax.generation.decode import bucket
+from h2mt_jax.generation.generate import Generation, generate, pad_ids
+from h2mt_jax.generation.sampling import Sampling
+from h2mt_jax.typing import Array, Float, Int
+
+DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "bf16": jnp.bfloat16}
+
+
+def parse_dtype(dtype) -> jnp.dtype:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return jnp.dtype(dtype).type
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _all_logits(graphdef, params, ids: Int[Array, "b t"]) -> Float[Array, "b t v"]:
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model(model.embed(ids))
+    return model.logits(hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _hidden(graphdef, params, embeds: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
+    model = nnx.merge(graphdef, params)
+    return model(embeds)[0]
+
+
+class LM:
+    """A loaded backbone: `config`, `params` (an nnx.State pytree), `graphdef`, `tokenizer`."""
+
+    def __init__(self, model: Llama, tokenizer=None, name: str = ""):
+        self.graphdef, self.params = nnx.split(model)
+        self.config: BackboneConfig = model.cfg
+        self.tokenizer = tokenizer
+        self.name = name
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"LM({self.name!r}, {c.model_type}, layers={c.num_layers}, d={c.hidden_size}, "
+                f"heads={c.num_heads}/{c.num_kv_heads}, vocab={c.vocab_size}, dtype={self.dtype.__name__})")
+
+    @property
+    def model(self) -> Llama:
+        """The NNX module (a fresh view over `params`)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.params["embedding"].value.dtype).type
+
+    # -- ids ------------------------------------------------------------------------------------
+    def check_ids(self, ids) -> np.ndarray:
+        """Validates token ids (integer, inside the vocabulary, within the model's positions)."""
+        arr = np.asarray(ids)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+        bad = np.argwhere((arr < 0) | (arr >= self.config.vocab_size))
+        if bad.size:
+            pos = tuple(int(i) for i in bad[0])
+            raise ValueError(f"token id {int(arr[pos])} at position {pos} is outside the vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        return arr.astype(np.int32)
+
+    @property
+    def pad_id(self) -> int:
+        c = self.config
+        if c.pad_token_id is not None:
+            return int(c.pad_token_id)
+        return int(c.eos_token_ids[0]) if c.eos_token_ids else 0
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        ids = set(self.config.eos_token_ids)
+        tok = self.tokenizer
+        if tok is not None and tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        return tuple(sorted(ids))
+
+    def logits(self, input_ids) -> jnp.ndarray:
+        """Next-token logits at every position: int `[B, T]` -> float32 `[B, T, V]`."""
+        ids = self.check_ids(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, time], got shape {ids.shape}")
+        b, t = ids.shape
+        if t == 0:
+            raise ValueError("input_ids is empty")
+        if t > self.config.max_position_embeddings:
+            raise ValueError(f"{t} tokens exceed the model's {self.config.max_position_embeddings} "
+                             "positions")
+        padded = pad_ids(list(ids), self.pad_id, min(bucket(t), max(t, self.config.max_position_embeddings)))
+        return _all_logits(self.graphdef, self.params, jnp.asarray(padded))[:, :t]
+
+    def hidden_states(self, embeds: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
+        """Final-norm hidden states for input embeddings (no padding is added)."""
+        return _hidden(self.graphdef, self.params, jnp.asarray(embeds))
+
+    # -- text -----------------------------------------------------------------------------------
+    def encode(self, prompts: list[str], chat: bool = True) -> list[list[int]]:
+        """Token ids per prompt; `chat` applies the tokenizer's chat template as a user turn."""
+        if self.tokenizer is None:
+            raise ValueError("this LM has no tokenizer; pass token ids instead")
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a single string")
+        out = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt {i} is {type(p).__name__}, expected str")
+            if not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+            if chat:
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise ValueError("the tokenizer has no chat template; use chat=False")
+                text = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                out.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            else:
+                out.append(self.tokenizer(p)["input_ids"])
+        return out
+
+    def generate_ids(self, ids: list[list[int]] | None = None, *, embeds=None, lengths=None,
+                     max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                     seed: int = 0) -> Generation:
+        """Generation from token ids or input embeddings, with timings (see `Generation`)."""
+        if ids is not None:
+            ids = [list(self.check_ids(r)) for r in ids]
+        return generate(self.graphdef, self.params, max_positions=self.config.max_position_embeddings,
+                        eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens,
+                        sampling=Sampling(temperature, top_p), seed=seed, ids=ids, embeds=embeds,
+                        lengths=lengths)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 64, chat: bool = True,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Completions for a batch of prompts (greedy unless `temperature > 0`)."""
+        if not prompts:
+            return []
+        gen = self.generate_ids(self.encode(prompts, chat), max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed)
+        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in gen.tokens]
+
+
+def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="float32",
+            tokenizer: bool = True) -> LM:
+    """Loads a backbone by registry name, local path (HF directory or .gguf) or hub id.
+
+    `dtype` is "float32" or "bfloat16" (parameters and activations; softmax and norms run in
+    float32). GGUF conversions and tokenizers are cached on disk (see `weights.cache`).
+    """
+    from h2mt_jax.weights import build_model, load_tokenizer, load_weights, resolve
+
+    source = resolve(name_or_path)
+    cfg, flat = load_weights(source)
+    model = build_model(cfg, flat, parse_dtype(dtype))
+    return LM(model, load_tokenizer(source) if tokenizer else None, name=source.name)
