@@ -169,7 +169,8 @@ def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="fl
     """
     from h2mt_jax.weights import build_model, load_tokenizer, load_weights, resolve
 
+    dtype = parse_dtype(dtype)
     source = resolve(name_or_path)
     cfg, flat = load_weights(source)
-    model = build_model(cfg, flat, parse_dtype(dtype))
+    model = build_model(cfg, flat, dtype)
     return LM(model, load_tokenizer(source) if tokenizer else None, name=source.name)

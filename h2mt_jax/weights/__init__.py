@@ -37,11 +37,18 @@ def load_weights(source: Source, use_cache: bool = True
     return cfg, flat
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(source: Source):
-    """The transformers tokenizer (with its chat template) of a source; GGUF ones are cached."""
+    """The transformers tokenizer (with its chat template) of a source; GGUF ones are cached.
+
+    None for a checkpoint directory without tokenizer files."""
     import transformers
 
     if source.kind == "hf_dir":
+        if not any(os.path.isfile(os.path.join(source.path, f)) for f in TOKENIZER_FILES):
+            return None  # weights-only checkpoint (e.g. a test model); ids still work
         return transformers.AutoTokenizer.from_pretrained(source.path)
     cached = cache.tokenizer_dir(cache.source_key(source.path))
     if os.path.isfile(os.path.join(cached, "tokenizer_config.json")):

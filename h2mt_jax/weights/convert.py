@@ -90,25 +90,25 @@ def _path_key(path) -> str:
 def build_model(cfg: BackboneConfig, flat: Mapping[str, np.ndarray], dtype=jnp.float32) -> Llama:
     """Assembles a `Llama` from a flat parameter dict, checking every name and shape."""
     graphdef, abstract = nnx.split(abstract_model(cfg, dtype))
-    expected = {_path_key(path): v for path, v in abstract.flat_state()}
+    expected = {_path_key(path): v for path, v in nnx.to_flat_state(abstract)}
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     if missing or extra:
         raise CheckpointError(f"parameter names do not match the model: missing {missing[:10]}, "
                               f"unexpected {extra[:10]}")
     leaves = []
-    for path, var in abstract.flat_state():
+    for path, var in nnx.to_flat_state(abstract):
         key = _path_key(path)
         arr = flat[key]
         if tuple(arr.shape) != tuple(var.shape):
             raise CheckpointError(f"parameter {key!r} has shape {tuple(arr.shape)}, "
                                   f"expected {tuple(var.shape)}")
         leaves.append((path, var.replace(jnp.asarray(arr, dtype=dtype))))
-    state = nnx.State.from_flat_path(leaves)
+    state = nnx.from_flat_state(leaves)
     return nnx.merge(graphdef, state)
 
 
 def model_to_flat(model: Llama) -> dict[str, np.ndarray]:
     """The inverse of `build_model`: a flat dict of host arrays."""
     return {_path_key(path): np.asarray(jax.device_get(v[...]))
-            for path, v in nnx.state(model, nnx.Param).flat_state()}
+            for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
