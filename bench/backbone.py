@@ -24,17 +24,21 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def timed(fn, reps):
-    """(first-call seconds, median and best of `reps` further calls)."""
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(reps):
+def interleaved(fns: dict, reps: int) -> dict:
+    """Per function: (first-call seconds, median, best) with the calls alternating between the
+    functions, so that the machine's drifting load hits all of them alike."""
+    first = {}
+    for k, f in fns.items():
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times), min(times)
+        f()
+        first[k] = time.perf_counter() - t
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: (first[k], statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def matmul_gflops(reps: int) -> dict:
@@ -43,9 +47,11 @@ def matmul_gflops(reps: int) -> dict:
     n = 2048
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
     f = jax.jit(lambda x, y: x @ y)
-    _, med, best = timed(lambda: f(a, a).block_until_ready(), reps * 3)
     ta = torch.randn(n, n)
-    _, tmed, tbest = timed(lambda: torch.matmul(ta, ta), reps * 3)
+    res = interleaved({"xla": lambda: f(a, a).block_until_ready(),
+                       "torch": lambda: torch.matmul(ta, ta)}, reps * 3)
+    _, med, best = res["xla"]
+    _, tmed, tbest = res["torch"]
     fl = 2 * n ** 3
     return {"xla_fp32_matmul_gflops": fl / best / 1e9, "torch_fp32_matmul_gflops": fl / tbest / 1e9,
             "xla_fp32_matmul_gflops_median": fl / med / 1e9,
@@ -79,6 +85,7 @@ def main():
 
     transformers.logging.set_verbosity_error()
     lm = h2mt_jax.load_lm(args.model)
+    lm_bf16 = h2mt_jax.load_lm(args.model, dtype="bfloat16", tokenizer=False)
     cfg = lm.config
     src = resolve(args.model)
     if src.kind == "gguf":
@@ -97,14 +104,17 @@ def main():
         jids, lens = jnp.asarray(ids), jnp.asarray([t], jnp.int32)
         ours = lambda: jax.block_until_ready(  # noqa: E731
             prefill_tokens(lm.graphdef, lm.params, jids, lens, t))
-        first, med, best = timed(ours, args.reps)
         tids = torch.as_tensor(ids, dtype=torch.long)
 
         def theirs():
             with torch.inference_mode():
                 ref(tids, use_cache=True, logits_to_keep=1)
 
-        _, tmed, tbest = timed(theirs, args.reps)
+        ours_bf16 = lambda: jax.block_until_ready(  # noqa: E731
+            prefill_tokens(lm_bf16.graphdef, lm_bf16.params, jids, lens, t))
+        res = interleaved({"ours": ours, "torch": theirs, "ours_bf16": ours_bf16}, args.reps)
+        first, med, best = res["ours"]
+        _, tmed, tbest = res["torch"]
         fl = prefill_flops(cfg, t)
         out["prefill"].append({
             "tokens": t, "ours_tok_s": t / best, "torch_tok_s": t / tbest,
@@ -112,7 +122,8 @@ def main():
             "ratio_vs_torch": tbest / best, "ratio_vs_torch_median": tmed / med,
             "ours_gflops": fl / best / 1e9, "torch_gflops": fl / tbest / 1e9,
             "ours_fraction_of_xla_matmul": fl / best / 1e9 / out["xla_fp32_matmul_gflops"],
-            "ours_compile_s": first - med})
+            "ours_compile_s": first - med,
+            "ours_bf16_tok_s": t / res["ours_bf16"][2]})
 
     # Decode: batch 1, greedy, a fixed number of tokens (no early stop) after a prompt.
     n, p = args.decode_tokens, args.decode_prompt
@@ -134,7 +145,6 @@ def main():
     t0 = time.perf_counter()
     ours_decode()
     decode_compile = time.perf_counter() - t0
-    ours_times = [ours_decode() for _ in range(args.reps)]
     tids = torch.as_tensor(ids, dtype=torch.long)
     mask = torch.ones_like(tids)
 
@@ -146,7 +156,10 @@ def main():
             return time.perf_counter() - t
 
     torch_gen(2)
-    torch_times = [torch_gen(n) - torch_gen(1) for _ in range(args.reps)]
+    ours_times, torch_times = [], []
+    for _ in range(args.reps):  # alternate, as for prefill
+        ours_times.append(ours_decode())
+        torch_times.append(torch_gen(n) - torch_gen(1))
     # `decode` produces n tokens of which the first comes from the prefill logits: n-1 steps.
     ours_best = (n - 1) / min(ours_times)
     torch_best = (n - 1) / min(torch_times)

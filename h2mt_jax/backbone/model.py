@@ -19,7 +19,8 @@ from flax import nnx
 
 from h2mt_jax.backbone.attention import KVCache, cached_attention, causal_attention, write_cache
 from h2mt_jax.backbone.config import BackboneConfig
-from h2mt_jax.backbone.rope import apply_rope, inverse_frequencies, rope_tables
+from h2mt_jax.backbone.rope import (apply_rope, inverse_frequencies, rope_tables,
+                                    static_rope_tables)
 from h2mt_jax.typing import Array, Float, Int
 
 
@@ -74,8 +75,8 @@ class Attention(nnx.Module):
         if cache_kv is None:  # self-attention over this sequence only
             out, new_kv = causal_attention(q, k, v), (k, v)
         else:
-            keys_t, values = write_cache(*cache_kv, k, v, start)
-            out, new_kv = cached_attention(q, keys_t, values, positions), (keys_t, values)
+            new_kv = write_cache(*cache_kv, k, v, start)
+            out = cached_attention(q, *new_kv, positions)
         return self.o(out.reshape(b, t, cfg.q_dim)), new_kv
 
 
@@ -141,12 +142,14 @@ class Llama(nnx.Module):
         """
         b, t, _ = x.shape
         start = None
+        inv_freq = inverse_frequencies(self.cfg)
         if cache is not None:
             start = cache.lengths
             positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-        elif positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = rope_tables(inverse_frequencies(self.cfg), positions)
+        if positions is None:
+            cos, sin = static_rope_tables(inv_freq, b, t)
+        else:
+            cos, sin = rope_tables(inv_freq, positions)
         x = x.astype(self.dtype)
         kvs = []
         for i, layer in enumerate(self.layers):

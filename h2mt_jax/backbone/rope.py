@@ -41,6 +41,19 @@ def rope_tables(inv_freq: np.ndarray, positions: Int[Array, "b t"]) -> tuple[
     return jnp.cos(angles), jnp.sin(angles)
 
 
+def static_rope_tables(inv_freq: np.ndarray, batch: int, length: int) -> tuple[
+        np.ndarray, np.ndarray]:
+    """`rope_tables` for positions 0..length-1, computed on the host.
+
+    Inside a jitted program these are constants, so XLA can fuse RoPE into every consumer of the
+    rotated keys without recomputing the sines and cosines there.
+    """
+    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    shape = (batch, length, angles.shape[-1])
+    return (np.broadcast_to(np.cos(angles), shape), np.broadcast_to(np.sin(angles), shape))
+
+
 def apply_rope(x: Float[Array, "b t h dh"], cos: Float[Array, "b t dh"],
                sin: Float[Array, "b t dh"]) -> Float[Array, "b t h dh"]:
     """Rotates query or key heads: `x * cos + rotate_half(x) * sin`."""

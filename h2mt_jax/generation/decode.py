@@ -49,8 +49,11 @@ def prefill_cache(model, embeds: Float[Array, "b t d"], lengths: Int[Array, "b"]
         raise ValueError(f"cache_size {cache_size} < prompt length {t}")
     hidden, kvs = model(embeds)
     pad = cache_size - t
-    keys = [jnp.pad(k.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, pad))) for k, _ in kvs]
-    values = [jnp.pad(v.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0))) for _, v in kvs]
+    b, _, kh, dh = kvs[0][0].shape
+    keys = [jnp.pad(k.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, pad))
+                    ).reshape(b * kh, dh, cache_size) for k, _ in kvs]
+    values = [jnp.pad(v.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0))
+                      ).reshape(b * kh, cache_size, dh) for _, v in kvs]
     logits = model.logits(_last_hidden(hidden, lengths))
     return logits, KVCache(keys=keys, values=values, lengths=lengths.astype(jnp.int32))
 
