@@ -1,0 +1,151 @@
+"""HMT: the scan against a plain loop, the FIFO cache, gradients, streaming, checkpoints."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import h2mt_jax
+from conftest import make_tiny
+from h2mt_jax.hmt import HMT, HMTConfig
+from h2mt_jax.hmt.cell import _push
+from h2mt_jax.hmt.train import TrainConfig, train_lm, window_loss, window_segments
+
+CFG = HMTConfig(segment_length=24, num_sensory=4, recall_dim=16, recall_context=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    return h2mt_jax.load_lm(make_tiny(tmp_path_factory.mktemp("m"), "llama", seed=5))
+
+
+@pytest.fixture(scope="module")
+def hmt(tiny_lm):
+    h = HMT.create(tiny_lm, CFG, seed=1)
+    # Larger recall projections than the default init, so recall weights differ visibly.
+    h.params = {**h.params, "w_q": h.params["w_q"] * 8, "w_k": h.params["w_k"] * 8}
+    return h
+
+
+def loop_reference(hmt: HMT, ids: np.ndarray):
+    """A plain Python loop over segments with a list as the FIFO cache: no scan, no padding."""
+    lm, cfg, p = hmt.lm, hmt.config, jax.tree.map(np.asarray, hmt.params)
+    emb = np.asarray(lm.params["embedding"].value)
+    hidden = lambda x: np.asarray(lm.hidden_states(jnp.asarray(x[None])))[0]  # noqa: E731
+    L, ks = cfg.tokens_per_segment, cfg.num_sensory
+    fifo, logits, mems, sensory = [], [], [], None
+    for n, start in enumerate(range(0, len(ids), L)):
+        seg = ids[start:start + L]
+        if n == 0:
+            p_n = p["memory"][0]
+        elif cfg.stage == 1:
+            p_n = mems[-1]
+        else:
+            q = hidden(np.concatenate([p["summary"], emb[seg[:cfg.query_tokens]], p["summary"]]))[-1]
+            m = np.stack(fifo)
+            s = (q @ p["w_q"]) @ (m @ p["w_k"]).T / np.sqrt(cfg.recall_dim)
+            w = np.exp(s - s.max())
+            p_n = (w / w.sum()) @ m
+        parts = [p_n[None]] + ([emb[sensory]] if n > 0 and ks else []) + [emb[seg], p_n[None]]
+        h = hidden(np.concatenate(parts))
+        off = 1 + (ks if n > 0 else 0)
+        logits.append(np.asarray(lm.model.logits(jnp.asarray(h[off:off + len(seg)]))))
+        mems.append(h[-1])
+        fifo = (fifo + [h[-1]])[-cfg.recall_context:]
+        sensory = seg[-ks:]
+    return np.concatenate(logits), np.stack(mems)
+
+
+@pytest.mark.parametrize("length", [18 * 7, 18 * 7 - 5, 10])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_scan_equals_python_loop(hmt, stage, length):
+    # Given more segments than the recall context (7 > N = 3), a partial last segment, or a
+    # sequence shorter than one segment
+    h = HMT(hmt.lm, HMTConfig(**{**CFG.to_dict(), "stage": stage}), hmt.params)
+    ids = np.random.default_rng(stage).integers(0, 128, size=length)
+    # When the jitted scan and the plain loop read it
+    want_logits, want_mems = loop_reference(h, ids)
+    got_logits = np.asarray(h.logits(ids[None]))[0]
+    got_mems = np.asarray(h.memories(ids[None]))[0]
+    # Then logits for every token and every segment memory agree
+    np.testing.assert_allclose(got_logits, want_logits, atol=2e-4)
+    np.testing.assert_allclose(got_mems, want_mems, atol=2e-4)
+
+
+def test_memory_matters(hmt):
+    ids = np.random.default_rng(0).integers(0, 128, size=(1, 90))
+    other = hmt.params["memory"] + 1.0
+    changed = HMT(hmt.lm, hmt.config, {**hmt.params, "memory": other})
+    a, b = np.asarray(hmt.logits(ids)), np.asarray(changed.logits(ids))
+    assert np.abs(a[:, -18:] - b[:, -18:]).max() > 1e-3  # m0 reaches the last segment
+
+
+def test_fifo_ring_buffer_keeps_last_n():
+    cache, count = jnp.zeros((1, 3, 2)), jnp.int32(0)
+    for i in range(1, 6):  # push 5 memories into 3 slots
+        cache, count = _push(cache, count, jnp.full((1, 2), float(i)))
+        if i == 3:
+            assert sorted(np.asarray(cache)[0, :, 0]) == [1.0, 2.0, 3.0]
+    assert int(count) == 5
+    assert sorted(np.asarray(cache)[0, :, 0]) == [3.0, 4.0, 5.0]
+
+
+def test_gradients_reach_every_parameter_across_segments(hmt):
+    # Given a 4-segment window whose loss covers the last segment only
+    l = CFG.tokens_per_segment
+    win = np.random.default_rng(3).integers(0, 128, size=(2, 4 * l + 1))
+    ids, tgt, lens = map(jnp.asarray, window_segments(win, l))
+    from h2mt_jax.backbone.lora import init_lora
+
+    lora = init_lora(hmt.lm.params, 2, jax.random.PRNGKey(0))
+    lora = jax.tree.map(lambda x: x + 0.01, lora)
+    for remat in (False, True):
+        grads = jax.grad(window_loss)(
+            {"hmt": hmt.params, "lora": lora}, hmt.lm.graphdef, hmt.lm.params, ids, tgt, lens,
+            cfg=CFG, lora_scale=1.0, loss_segments=1, remat=remat)
+        # Then every HMT parameter (m0 only acts on segment 0) and every adapter gets a gradient
+        for k, g in grads["hmt"].items():
+            assert np.abs(np.asarray(g)).max() > 0, k
+        for k, g in grads["lora"].items():
+            assert np.abs(np.asarray(g["a"])).max() > 0 and np.abs(np.asarray(g["b"])).max() > 0, k
+
+
+def test_perplexity_streams_and_matches_logits(hmt):
+    ids = np.random.default_rng(4).integers(0, 128, size=(1, 18 * 9 + 7))
+    logits = np.asarray(hmt.logits(ids))[0, :-1]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    want = float(np.exp(-logp[np.arange(len(logp)), ids[0, 1:]].mean()))
+    for chunk in (2, 3, 16):
+        got = hmt.perplexity(ids, chunk=chunk)
+        assert got["tokens"] == ids.shape[1] - 1
+        assert got["ppl"] == pytest.approx(want, rel=1e-4)
+
+
+def test_training_lowers_loss_and_roundtrips(hmt, tmp_path):
+    pattern = np.tile(np.random.default_rng(5).integers(0, 128, size=37), 60)
+    tc = TrainConfig(steps=30, batch_size=2, bptt_depth=3, lr=3e-2, warmup=2, lora_rank=4)
+    trained, hist = train_lm(hmt, pattern, tc, progress=False)
+    first = np.mean([h["loss"] for h in hist[:3]])
+    last = np.mean([h["loss"] for h in hist[-3:]])
+    assert last < first - 0.1
+    trained.save(tmp_path / "ckpt")
+    again = HMT.load(tmp_path / "ckpt", lm=hmt.lm)
+    ids = pattern[None, :100]
+    np.testing.assert_allclose(np.asarray(again.logits(ids)), np.asarray(trained.logits(ids)),
+                               atol=1e-6)
+
+
+def test_bad_input(hmt, tmp_path):
+    with pytest.raises(ValueError, match="segment_length=10 leaves no room.*at least 35"):
+        HMTConfig(segment_length=10, num_sensory=32)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        train_lm(hmt, np.arange(30) % 128, TrainConfig(steps=1, bptt_depth=2), progress=False)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        hmt.logits(np.array([[1, 500]]))
+    with pytest.raises(ValueError, match="do not match"):
+        HMT(hmt.lm, HMTConfig(recall_dim=8), hmt.params)
+    with pytest.raises(FileNotFoundError, match="not an HMT checkpoint"):
+        HMT.load(tmp_path)
