@@ -160,6 +160,18 @@ class LM:
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in gen.tokens]
 
 
+def random_lm(seed: int = 0, dtype="float32", **overrides) -> LM:
+    """A randomly initialised backbone without tokenizer (tests, benchmarks on tiny configs).
+
+    Defaults: a 2-layer, d=64 Llama with grouped-query attention; `overrides` sets any
+    `BackboneConfig` field."""
+    fields = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=4096,
+                  eos_token_ids=(2,), pad_token_id=0)
+    cfg = BackboneConfig(**{**fields, **overrides})
+    return LM(Llama(cfg, dtype=parse_dtype(dtype), rngs=nnx.Rngs(seed)), None, name="random")
+
+
 def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="float32",
             tokenizer: bool = True) -> LM:
     """Loads a backbone by registry name, local path (HF directory or .gguf) or hub id.

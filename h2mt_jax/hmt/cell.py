@@ -163,10 +163,19 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
         ids, lengths = ids[1:], lengths[1:]
         extras = jax.tree.map(lambda e: e[1:], extras)
 
-    def body(st, xs):
-        seg_ids, n, extra = xs
+    def real(st, seg_ids, n, extra):
         st, h = step(st, seg_ids, n)
         return st, out_fn(h, st, extra)
+
+    def body(st, xs):
+        seg_ids, n, extra = xs
+        # Padding segments (n = 0, the tail of a fixed-size chunk) cost nothing: skip them.
+        shapes = jax.eval_shape(real, st, seg_ids, n, extra)[1]
+
+        def skip(st, *_):
+            return st, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        return jax.lax.cond(n > 0, real, skip, st, seg_ids, n, extra)
 
     state, outs = jax.lax.scan(body, state, (ids, lengths, extras))
     if first_out is not None:
