@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx
 
 from h2mt_jax.backbone.lora import merge_lora
-from h2mt_jax.hmt.cell import HMTParams, init_params, run_segments, split_segments
+from h2mt_jax.hmt.cell import (HMTParams, HMTState, init_params, recall, run_segments,
+                               split_segments, summary_pass)
 from h2mt_jax.hmt.config import HMTConfig
 from h2mt_jax.lm import LM
 
@@ -61,6 +62,24 @@ def _stream_chunk(graphdef, bparams, hparams, lora, state, ids, lengths, targets
         model, hparams, cfg, ids, lengths, lambda h, st, tgt: token_nll(model.logits(h), tgt),
         targets, state=state)
     return state, jnp.sum(nll), jnp.sum(count)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "lora_scale"))
+def _stream_state(graphdef, bparams, hparams, lora, state, ids, lengths, *, cfg, lora_scale):
+    """Reads a chunk of segments and returns only the state (no logits)."""
+    model = _model(graphdef, bparams, lora, lora_scale)
+    state, _ = run_segments(model, hparams, cfg, ids, lengths, lambda h, st, e: (), state=state)
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "lora_scale"))
+def _prompt_memory(graphdef, bparams, hparams, lora, state, ids, n, *, cfg, lora_scale):
+    """The memory token for a final segment (the prompt): recall (stage 2) or the last memory."""
+    if cfg.stage == 1:
+        return state.memory
+    model = _model(graphdef, bparams, lora, lora_scale)
+    q = summary_pass(model, hparams, cfg, model.embed(ids), n)
+    return recall(hparams, cfg, q, state.cache, state.count)
 
 
 class HMT:
@@ -145,6 +164,58 @@ class HMT:
         mean = nll / max(count, 1)
         return {"ppl": math.exp(mean), "nll": mean, "tokens": count,
                 "seconds": time.perf_counter() - start}
+
+    def read(self, input_ids, chunk: int = STREAM_CHUNK) -> HMTState:
+        """Streams a document `[T]` or `[1, T]` through the memory; returns the final state."""
+        ids = self.lm.check_ids(input_ids)
+        ids = ids[None] if ids.ndim == 1 else ids
+        l = self.config.tokens_per_segment
+        n_seg = -(-ids.shape[1] // l)
+        n_chunks = max(1, math.ceil((n_seg - 1) / chunk))
+        seg, _, lengths = split_segments(ids, l, 1 + n_chunks * chunk)
+        state = None
+        bounds = [(0, 1 + chunk)] + [(1 + i * chunk, 1 + (i + 1) * chunk)
+                                     for i in range(1, n_chunks)]
+        for a, b in bounds:
+            if a > 0 and lengths[a] == 0:
+                break
+            state = _stream_state(**self._args(), state=state, ids=jnp.asarray(seg[a:b]),
+                                  lengths=jnp.asarray(lengths[a:b]), cfg=self.config,
+                                  lora_scale=self.lora_scale)
+        return state
+
+    def generate(self, document_ids, prompt_ids: list[int], max_new_tokens: int = 32,
+                 state: HMTState | None = None):
+        """Reads the document (or starts from a cached `state`), then generates from the prompt
+        with its memory token in front (the reference's generation: memory prepended only).
+        Returns (Generation, {"read_s": seconds spent reading the document})."""
+        start = time.perf_counter()
+        if state is None:
+            state = self.read(document_ids)
+            jax.block_until_ready(state)
+        read_s = time.perf_counter() - start
+        lq = self.config.query_tokens
+        q = np.zeros((1, lq), np.int32)
+        q[0, :min(lq, len(prompt_ids))] = prompt_ids[:lq]
+        mem = _prompt_memory(**self._args(), state=state, ids=jnp.asarray(q),
+                             n=jnp.int32(min(lq, len(prompt_ids))), cfg=self.config,
+                             lora_scale=self.lora_scale)
+        lm = self.merged_lm
+        emb = lm.model.embed(jnp.asarray([prompt_ids], jnp.int32))
+        embeds = jnp.concatenate([mem[:, None].astype(emb.dtype), emb], axis=1)
+        gen = lm.generate_ids(embeds=embeds, max_new_tokens=max_new_tokens)
+        return gen, {"read_s": read_s}
+
+    @property
+    def merged_lm(self) -> LM:
+        """The backbone with the LoRA adapters merged in (the backbone itself without them)."""
+        if not self.lora:
+            return self.lm
+        if getattr(self, "_merged", None) is None:
+            params = merge_lora(self.lm.params, self.lora, self.lora_scale)
+            self._merged = LM(nnx.merge(self.lm.graphdef, params), self.lm.tokenizer,
+                              self.lm.name)
+        return self._merged
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, directory) -> None:

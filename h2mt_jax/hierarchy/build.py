@@ -1,0 +1,216 @@
+"""Outline (from `parse`) -> `TreeSpec`: leaves at sentence boundaries, fan-out by grouping.
+
+1. Leaves: each section's text blocks are split into sentences and packed, in order, into leaves
+   of at most `leaf_tokens` tokens (a longer sentence is cut at token boundaries). A section with
+   neither text nor children (a bare heading) becomes a leaf of its title, so a document of
+   headings only still gives a tree. Each leaf may start with its section's title.
+2. Structure: a section becomes an internal node over its leaves and sub-sections; chains of
+   single children collapse.
+3. Fan-out: a node with more than `fanout` children gets its consecutive children grouped into
+   contiguous groups, cutting where adjacent children are least similar (cosine of TF-IDF
+   weighted mean token embeddings), repeatedly until every node has at most `fanout` children.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from h2mt_jax.hierarchy.parse import Section, split_sentences
+from h2mt_jax.hierarchy.tree import TreeSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    leaf_tokens: int = 128  # tokens of text per leaf (the title prefix comes on top)
+    fanout: int = 8  # B: children per node at most
+    title_tokens: int = 16  # title prefix budget per leaf; 0 disables titles in leaves
+
+    def __post_init__(self):
+        if self.leaf_tokens < 4:
+            raise ValueError(f"leaf_tokens must be >= 4, got {self.leaf_tokens}")
+        if self.fanout < 2:
+            raise ValueError(f"fanout must be >= 2, got {self.fanout}")
+
+    @property
+    def leaf_len(self) -> int:
+        return self.leaf_tokens + self.title_tokens
+
+
+@dataclasses.dataclass
+class _Node:
+    leaf: tuple[list[int], tuple[int, int]] | None = None  # (tokens, span) for leaves
+    children: list["_Node"] = dataclasses.field(default_factory=list)
+    title: str | None = None
+
+
+def _encode(tokenizer, text: str, offsets: bool = False):
+    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+    return (out["input_ids"], out["offset_mapping"]) if offsets else out["input_ids"]
+
+
+def _pieces(text: str, span: tuple[int, int], tokenizer, limit: int):
+    """(tokens, span) pieces of one sentence, cut at token boundaries when it exceeds `limit`."""
+    s, e = span
+    ids, offs = _encode(tokenizer, text[s:e], offsets=True)
+    if len(ids) <= limit:
+        return [(ids, span)]
+    out = []
+    for i in range(0, len(ids), limit):
+        chunk = offs[i:i + limit]
+        out.append((ids[i:i + limit], (s + chunk[0][0], s + chunk[-1][1])))
+    return out
+
+
+def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int], title):
+    """Packs the sentences of text blocks into leaves of at most `leaf_tokens` tokens."""
+    leaves: list[_Node] = []
+    cur: list[int] = []
+    cur_span: list[int] | None = None
+
+    def flush():
+        nonlocal cur, cur_span
+        if cur:
+            leaves.append(_Node(leaf=(title_ids + cur, (cur_span[0], cur_span[1])), title=title))
+        cur, cur_span = [], None
+
+    for block in spans:
+        for sent in split_sentences(text, block[0], block[1]):
+            for ids, span in _pieces(text, sent, tokenizer, cfg.leaf_tokens):
+                if cur and len(cur) + len(ids) > cfg.leaf_tokens:
+                    flush()
+                cur = cur + ids
+                cur_span = [span[0], span[1]] if cur_span is None else [cur_span[0], span[1]]
+        flush()  # leaves never straddle a paragraph boundary
+    return leaves
+
+
+def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherited: str | None):
+    title = sec.title or inherited
+    title_ids = []
+    if cfg.title_tokens and title:
+        title_ids = _encode(tokenizer, title.strip() + "\n")[:cfg.title_tokens]
+    kids = _leaves(text, sec.spans, tokenizer, cfg, title_ids, title)
+    kids += [n for c in sec.children for n in [_from_section(c, text, tokenizer, cfg, title)]
+             if n is not None]
+    if not kids and sec.title and sec.title.strip():  # a bare heading: a leaf of its title
+        ids = _encode(tokenizer, sec.title.strip())[:cfg.leaf_tokens]
+        start = text.find(sec.title.strip())
+        span = (max(start, 0), max(start, 0) + len(sec.title.strip()))
+        return _Node(leaf=(ids, span), title=sec.title)
+    if not kids:
+        return None
+    if len(kids) == 1:
+        return kids[0]
+    return _Node(children=kids, title=sec.title)
+
+
+def _vectors(leaf_tokens: list[list[int]], embedding: np.ndarray | None, dim: int = 256):
+    """TF-IDF weighted mean token embeddings per leaf (hashed bag of ids without a table)."""
+    n = len(leaf_tokens)
+    df: dict[int, int] = {}
+    for toks in leaf_tokens:
+        for t in set(toks):
+            df[t] = df.get(t, 0) + 1
+    width = embedding.shape[1] if embedding is not None else dim
+    out = np.zeros((n, width), np.float32)
+    for i, toks in enumerate(leaf_tokens):
+        if not toks:
+            continue
+        ids = np.asarray(toks)
+        w = np.asarray([math.log((1 + n) / (1 + df[t])) + 1.0 for t in toks], np.float32)
+        if embedding is not None:
+            out[i] = (w[:, None] * embedding[ids]).sum(0) / w.sum()
+        else:
+            np.add.at(out[i], ids % dim, w)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-8)
+
+
+def contiguous_groups(vectors: np.ndarray, fanout: int) -> list[tuple[int, int]]:
+    """Splits `n > fanout` consecutive items into contiguous groups of 2..fanout items (a final
+    group may hold fewer), cutting each group at its weakest link: the boundary whose two sides
+    are least similar among the allowed cut points."""
+    n = len(vectors)
+    if n <= fanout:
+        return [(0, n)]
+    sim = np.einsum("id,id->i", vectors[:-1], vectors[1:])  # sim[i]: between i and i+1
+    min_size = max(2, math.ceil(fanout / 2))
+    groups, i = [], 0
+    while n - i > fanout:
+        lo, hi = i + min_size, min(i + fanout, n - 1)
+        cut = lo + int(np.argmin(sim[lo - 1:hi]))  # group is [i, cut)
+        groups.append((i, cut))
+        i = cut
+    groups.append((i, n))
+    return groups
+
+
+def _enforce_fanout(node: _Node, leaf_vec, fanout: int) -> np.ndarray:
+    """Groups children bottom-up; returns the node's vector (mean of its leaves' vectors)."""
+    if node.leaf is not None:
+        return leaf_vec[id(node)]
+    vecs = np.stack([_enforce_fanout(c, leaf_vec, fanout) for c in node.children])
+    while len(node.children) > fanout:
+        groups = contiguous_groups(vecs, fanout)
+        kids, new_vecs = [], []
+        for a, b in groups:
+            if b - a == 1:
+                kids.append(node.children[a])
+            else:
+                kids.append(_Node(children=node.children[a:b]))
+            v = vecs[a:b].mean(0)
+            new_vecs.append(v / max(np.linalg.norm(v), 1e-8))
+        node.children, vecs = kids, np.stack(new_vecs)
+    v = vecs.mean(0)
+    return v / max(np.linalg.norm(v), 1e-8)
+
+
+def build_spec(text: str, outline: Section, tokenizer, cfg: BuildConfig = BuildConfig(),
+               embedding: np.ndarray | None = None) -> TreeSpec:
+    """The tree of a parsed document. `embedding` (the backbone's `[V, d]` input embeddings)
+    drives the similarity grouping; without it, hashed TF-IDF bags of token ids do."""
+    root = _from_section(outline, text, tokenizer, cfg, None)
+    if root is None:
+        raise ValueError("the document has no text to build leaves from")
+    if root.leaf is not None:
+        root = _Node(children=[root])
+    leaves: list[_Node] = []
+
+    def collect(n):
+        if n.leaf is not None:
+            leaves.append(n)
+        for c in n.children:
+            collect(c)
+
+    collect(root)
+    vecs = _vectors([n.leaf[0] for n in leaves], embedding)
+    _enforce_fanout(root, {id(n): v for n, v in zip(leaves, vecs)}, cfg.fanout)
+    return _number(root, leaves)
+
+
+def _number(root: _Node, leaves: list[_Node]) -> TreeSpec:
+    """Leaves 0..n-1 in document order, internal nodes by increasing height, root last."""
+    height: dict[int, int] = {}
+    order: list[_Node] = []
+
+    def visit(n) -> int:
+        if n.leaf is not None:
+            return 0
+        h = 1 + max(visit(c) for c in n.children)
+        height[id(n)] = h
+        order.append(n)
+        return h
+
+    visit(root)
+    internal = sorted(order, key=lambda n: height[id(n)])  # stable: post-order within a height
+    internal.remove(root)
+    internal.append(root)
+    ids = {id(n): i for i, n in enumerate(leaves)}
+    ids.update({id(n): len(leaves) + i for i, n in enumerate(internal)})
+    children = [[] for _ in leaves] + [[ids[id(c)] for c in n.children] for n in internal]
+    return TreeSpec(leaf_tokens=[n.leaf[0] for n in leaves],
+                    leaf_spans=[n.leaf[1] for n in leaves], children=children,
+                    titles=[n.title for n in leaves] + [n.title for n in internal])

@@ -1,0 +1,67 @@
+"""H²MT hyper-parameters (DESIGN.md §4.2); every open design choice is a field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from h2mt_jax.hierarchy.build import BuildConfig
+from h2mt_jax.hmt.config import HMTConfig
+
+LEAF_MODES = ("independent", "hmt")
+AGGREGATORS = ("backbone", "attention", "mean")
+ROUTES = ("beam", "flat", "oracle")
+
+
+@dataclasses.dataclass(frozen=True)
+class H2MTConfig:
+    """mem_tokens: `m`, memory tokens per node. recall_dim: `d_h` of the routing projections.
+    leaf_mode: "independent" (all leaves in one batched call) or "hmt" (leaves in document
+    order through the HMT cell). aggregator: how a parent is computed from its children.
+    route: "beam" (top-k per depth), "flat" (rank all leaves), "oracle" (gold leaves).
+    k: beam width and number of selected leaves. ancestors: also feed the selected leaves'
+    ancestors' memories to the answer prompt, coarse to fine. leaf_batch: leaves per call when
+    encoding (bounds memory on very long documents)."""
+
+    build: BuildConfig = BuildConfig()
+    mem_tokens: int = 1
+    recall_dim: int = 256
+    leaf_mode: str = "independent"
+    aggregator: str = "backbone"
+    route: str = "beam"
+    k: int = 4
+    ancestors: bool = False
+    leaf_batch: int = 32
+    hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
+
+    def __post_init__(self):
+        for name, value, allowed in (("leaf_mode", self.leaf_mode, LEAF_MODES),
+                                     ("aggregator", self.aggregator, AGGREGATORS),
+                                     ("route", self.route, ROUTES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.mem_tokens < 1 or self.k < 1 or self.recall_dim < 1 or self.leaf_batch < 1:
+            raise ValueError("mem_tokens, k, recall_dim and leaf_batch must be >= 1")
+        if self.leaf_mode == "hmt":
+            if self.mem_tokens != 1:
+                raise ValueError("leaf_mode='hmt' produces one memory per leaf: use mem_tokens=1")
+            if self.hmt is None:
+                leaf = self.build.leaf_len
+                object.__setattr__(self, "hmt", HMTConfig(
+                    segment_length=leaf + 2 + 16, num_sensory=16, recall_dim=self.recall_dim))
+            if self.hmt.tokens_per_segment < self.build.leaf_len:
+                raise ValueError(f"the HMT segment holds {self.hmt.tokens_per_segment} tokens, "
+                                 f"fewer than a leaf's {self.build.leaf_len}")
+
+    def replace(self, **kw) -> "H2MTConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "H2MTConfig":
+        d = dict(d)
+        d["build"] = BuildConfig(**d.get("build", {}))
+        if d.get("hmt") is not None:
+            d["hmt"] = HMTConfig(**d["hmt"])
+        return cls(**d)

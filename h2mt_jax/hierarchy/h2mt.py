@@ -1,0 +1,287 @@
+"""`H2MT`: build a document's index offline, then route questions and answer from memory tokens.
+
+    h2mt = H2MT.create(h2mt_jax.load_lm("smollm2-135m-instruct"), H2MTConfig())
+    index = h2mt.build(text)                       # offline: tree + node memories
+    ans = h2mt.answer(index, "Who built the pump?", dataset="hotpotqa")
+    ans.text, ans.leaves, ans.timings              # route, scores, TTFT breakdown
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from h2mt_jax.data import prompts
+from h2mt_jax.generation.decode import bucket
+from h2mt_jax.hierarchy import parse
+from h2mt_jax.hierarchy.build import build_spec
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
+from h2mt_jax.hierarchy.memory import H2MTParams, init_params, leaf_memories, sweep
+from h2mt_jax.hierarchy.route import Route, beam_route, flat_route, node_scores, query_embedding
+from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
+from h2mt_jax.lm import LM
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _query(graphdef, bparams, params, ids, lengths):
+    model = nnx.merge(graphdef, bparams)
+    return query_embedding(model, params, ids, lengths)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "kind"))
+def _route(params, tree: Tree, mem, s, k: int, kind: str) -> Route:
+    scores = jnp.where(tree.node_mask, node_scores(params, s, mem), -jnp.inf)
+    return (beam_route if kind == "beam" else flat_route)(tree, scores, k)
+
+
+@dataclasses.dataclass
+class Answer:
+    """An answer with its route: selected `leaves` (spec leaf ids, best first) and their
+    `scores`, `visited` (spec node ids kept at each beam step), every node's score
+    (`node_scores`, by spec id) and the `timings` in seconds: query (encoding), route, prefill,
+    decode, ttft (question arrival to first token) and total."""
+
+    text: str
+    leaves: list[int]
+    scores: list[float]
+    visited: list[list[int]]
+    node_scores: np.ndarray
+    timings: dict
+    prompt_tokens: int
+    memory_tokens: int
+
+
+class H2MT:
+    """H²MT over a backbone `lm` with memory `params` (see `memory.init_params`)."""
+
+    def __init__(self, lm: LM, config: H2MTConfig, params: H2MTParams):
+        if lm.tokenizer is None:
+            raise ValueError("H2MT needs an LM with a tokenizer")
+        self.lm, self.config, self.params = lm, config, params
+        self._embedding = None
+
+    @classmethod
+    def create(cls, lm: LM, config: H2MTConfig = H2MTConfig(), seed: int = 0) -> "H2MT":
+        std = float(jnp.std(lm.params["embedding"].value))
+        return cls(lm, config, init_params(lm.config.hidden_size, std, config,
+                                           jax.random.PRNGKey(seed)))
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """The backbone's input embeddings on the host (grouping similarity, prompt assembly)."""
+        if self._embedding is None:
+            self._embedding = np.asarray(self.lm.params["embedding"].value, np.float32)
+        return self._embedding
+
+    # -- offline -------------------------------------------------------------------------------
+    def build(self, document, fmt: str = "auto", doc_id: str = "", progress: bool = False,
+              outline: parse.Section | None = None) -> Index:
+        """Parses `document` (str or bytes; see `parse.parse_document` for `fmt`), builds the tree
+        and computes every node's memory. With `outline`, `document` must be the clean text the
+        outline's spans index."""
+        t0 = time.perf_counter()
+        if outline is None:
+            text = parse.clean_text(document)
+            outline = parse.parse_document(text, fmt)
+        else:
+            text = document
+        t1 = time.perf_counter()
+        cfg = self.config
+        spec = build_spec(text, outline, self.lm.tokenizer, cfg.build, self.embedding)
+        tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len)
+        t2 = time.perf_counter()
+        mem = np.zeros((tree.num_nodes, cfg.mem_tokens, self.lm.config.hidden_size), np.float32)
+        mem[:spec.n_leaves] = self._leaf_memories(spec.leaf_tokens, progress)
+        t3 = time.perf_counter()
+        mem = np.asarray(sweep(self.lm.graphdef, self.lm.params, self.params, tree,
+                               jnp.asarray(mem), tree.level_nodes, kind=cfg.aggregator))
+        t4 = time.perf_counter()
+        tokens = sum(len(t) for t in spec.leaf_tokens)
+        return Index(text, spec, tree, mem, cfg.build, doc_id, {
+            "parse_s": t1 - t0, "tree_s": t2 - t1, "leaves_s": t3 - t2, "sweep_s": t4 - t3,
+            "total_s": t4 - t0, "leaf_tokens": tokens, "leaves": spec.n_leaves,
+            "nodes": spec.n_nodes, "tokens_per_s": tokens / (t4 - t0)})
+
+    def _leaf_memories(self, leaf_tokens, progress=False) -> np.ndarray:
+        n, t = len(leaf_tokens), self.config.build.leaf_len
+        tokens = np.zeros((n, t), np.int32)
+        lengths = np.zeros((n,), np.int32)
+        for i, ids in enumerate(leaf_tokens):
+            tokens[i, :len(ids)] = ids
+            lengths[i] = len(ids)
+        return leaf_memories(self.lm.graphdef, self.lm.params, self.params, self.config, tokens,
+                             lengths, progress)
+
+    def append(self, index: Index, text: str, fmt: str = "plain") -> Index:
+        """Extends the index with more text: only the new leaves and their ancestors (the right
+        spine of the tree) are recomputed."""
+        t0 = time.perf_counter()
+        sep = "\n\n" if index.text and not index.text.endswith("\n\n") else ""
+        offset = len(index.text) + len(sep)
+        add = parse.clean_text(text)
+        outline = parse.parse_document(add, fmt)
+        sub = build_spec(add, outline, self.lm.tokenizer, self.config.build, self.embedding)
+        new_leaves = [(toks, (s + offset, e + offset))
+                      for toks, (s, e) in zip(sub.leaf_tokens, sub.leaf_spans)]
+        spec, old_of_new, dirty = append_leaves(index.spec, new_leaves, self.config.build.fanout)
+        tree = pad_tree(spec, self.config.build.fanout, self.config.build.leaf_len,
+                        min_leaves=index.tree.num_leaf_slots, min_height=index.tree.max_height)
+        mem = remap_memories(index, spec, tree, old_of_new)
+        pid = padded_ids(spec, tree)
+        new_leaf_ids = [i for i in dirty if i < spec.n_leaves]
+        mem[pid[new_leaf_ids]] = self._leaf_memories([spec.leaf_tokens[i] for i in new_leaf_ids])
+        heights = spec.heights()
+        levels = np.full(tree.level_nodes.shape, -1, np.int32)
+        fill = [0] * (levels.shape[0] + 1)
+        for i in dirty:
+            h = heights[i]
+            if h >= 1:
+                levels[h - 1, fill[h]] = pid[i]
+                fill[h] += 1
+        mem = np.asarray(sweep(self.lm.graphdef, self.lm.params, self.params, tree,
+                               jnp.asarray(mem), jnp.asarray(levels), kind=self.config.aggregator))
+        timings = dict(index.timings, append_s=time.perf_counter() - t0,
+                       recomputed_nodes=len(dirty))
+        return Index(index.text + sep + add, spec, tree, mem, index.build, index.doc_id, timings)
+
+    # -- online --------------------------------------------------------------------------------
+    def route(self, index: Index, question: str, k: int | None = None, route: str | None = None,
+              gold_leaves: list[int] | None = None) -> tuple[Route | None, dict]:
+        """Routes a question: (the jitted `Route` or None for the oracle, timings)."""
+        kind = route or self.config.route
+        k = k or self.config.k
+        t0 = time.perf_counter()
+        if kind == "oracle":
+            if gold_leaves is None:
+                raise ValueError("route='oracle' needs gold_leaves")
+            return None, {"query_s": 0.0, "route_s": 0.0}
+        ids = self.lm.tokenizer(question, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("the question is empty")
+        tb = bucket(len(ids))
+        q = np.zeros((1, tb), np.int32)
+        q[0, :len(ids)] = ids
+        s = _query(self.lm.graphdef, self.lm.params, self.params, jnp.asarray(q),
+                   jnp.asarray([len(ids)], jnp.int32))
+        s.block_until_ready()
+        t1 = time.perf_counter()
+        r = _route(self.params, index.tree, jnp.asarray(index.memories), s,
+                   k=min(k, index.spec.n_leaves), kind=kind)
+        r = jax.device_get(r)
+        t2 = time.perf_counter()
+        return r, {"query_s": t1 - t0, "route_s": t2 - t1}
+
+    def _selected_nodes(self, index: Index, leaves: list[int]) -> list[int]:
+        """Spec ids fed to the answer prompt: ancestors (coarse to fine) then the leaves in
+        document order."""
+        leaves = sorted(set(leaves))
+        if not self.config.ancestors:
+            return leaves
+        parent, depth = index.spec.parents(), index.spec.depths()
+        anc = set()
+        for leaf in leaves:
+            p = parent[leaf]
+            while p >= 0 and p != index.spec.root:
+                anc.add(p)
+                p = parent[p]
+        return sorted(anc, key=lambda n: (depth[n], n)) + leaves
+
+    def answer(self, index: Index, question: str, dataset: str = "synthetic",
+               template: str | None = None, max_new_tokens: int | None = None,
+               k: int | None = None, route: str | None = None,
+               gold_leaves: list[int] | None = None, context: str = "memory") -> Answer:
+        """Answers from the selected nodes' memory tokens (`context="memory"`, H²MT) or from the
+        selected leaves' raw text (`context="text"`, the tree_text baseline)."""
+        start = time.perf_counter()
+        template = template or prompts.template_for(dataset)
+        if max_new_tokens is None:
+            max_new_tokens = prompts.load_max_new_tokens().get(dataset,
+                                                               prompts.DEFAULT_MAX_NEW_TOKENS)
+        r, timings = self.route(index, question, k, route, gold_leaves)
+        if r is None:
+            leaves, scores, visited = list(gold_leaves), [0.0] * len(gold_leaves), []
+            node_sc = np.zeros(index.spec.n_nodes, np.float32)
+        else:
+            leaves = index.leaf_ids(np.asarray(r.leaves))
+            scores = [float(x) for x, i in zip(r.leaf_scores, r.leaves) if i >= 0]
+            visited = [[index.spec_node(int(i)) for i in row if i >= 0] for row in r.visited]
+            node_sc = np.asarray(r.scores)[padded_ids(index.spec, index.tree)]
+        tok = self.lm.tokenizer
+        t_asm = time.perf_counter()
+        if context == "text":
+            ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(leaves))
+            ids = prompts.prompt_ids(tok, template, ctx, question)
+            gen = self.lm.generate_ids([ids], max_new_tokens=max_new_tokens)
+            n_mem, n_prompt = 0, len(ids)
+        else:
+            pre, post = prompts.split_prompt(tok, template, question)
+            nodes = self._selected_nodes(index, leaves)
+            pid = padded_ids(index.spec, index.tree)
+            mem = index.memories[pid[nodes]].reshape(-1, index.memories.shape[-1])
+            emb = self.embedding
+            embeds = np.concatenate([emb[pre], mem, emb[post]])[None]
+            gen = self.lm.generate_ids(embeds=embeds, max_new_tokens=max_new_tokens)
+            n_mem, n_prompt = len(mem), embeds.shape[1]
+        timings["assemble_s"] = time.perf_counter() - t_asm - gen.prefill_s - gen.decode_s
+        timings.update(prefill_s=gen.prefill_s, decode_s=gen.decode_s)
+        timings["ttft_s"] = (timings["query_s"] + timings["route_s"] + timings["assemble_s"]
+                             + gen.prefill_s)
+        timings["total_s"] = time.perf_counter() - start
+        text = tok.decode(gen.tokens[0], skip_special_tokens=True).strip()
+        return Answer(text, leaves, scores, visited, node_sc, timings, n_prompt, n_mem)
+
+    def save_index(self, index: Index, directory) -> None:
+        """Saves the index and, under `model/`, the parameters that built it."""
+        index.save(directory)
+        self.save(os.path.join(directory, "model"))
+
+    @classmethod
+    def load_index(cls, directory, lm: LM | None = None) -> tuple["H2MT", Index]:
+        """(H2MT, Index) from a directory written by `save_index`."""
+        return cls.load(os.path.join(directory, "model"), lm), Index.load(directory)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, directory) -> None:
+        """Writes the memory parameters and config (`h2mt.safetensors`, `h2mt.json`)."""
+        import json
+
+        from safetensors.numpy import save_file
+
+        from h2mt_jax.hmt.checkpoint import _flatten
+
+        os.makedirs(directory, exist_ok=True)
+        save_file(_flatten(self.params), os.path.join(directory, "h2mt.safetensors"))
+        with open(os.path.join(directory, "h2mt.json"), "w") as f:
+            json.dump({"format": "h2mt_jax.h2mt/1", "config": self.config.to_dict(),
+                       "backbone": self.lm.name, "hidden_size": self.lm.config.hidden_size}, f,
+                      indent=1)
+
+    @classmethod
+    def load(cls, directory, lm: LM | None = None) -> "H2MT":
+        import json
+
+        from safetensors.numpy import load_file
+
+        import h2mt_jax
+        from h2mt_jax.hmt.checkpoint import _unflatten
+
+        path = os.path.join(directory, "h2mt.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory} has no h2mt.json: not an H2MT checkpoint")
+        with open(path) as f:
+            meta = json.load(f)
+        lm = lm or h2mt_jax.load_lm(meta["backbone"])
+        if lm.config.hidden_size != meta["hidden_size"]:
+            raise ValueError(f"checkpoint was trained on a backbone with d={meta['hidden_size']}, "
+                             f"this backbone has d={lm.config.hidden_size}")
+        params = jax.tree.map(jnp.asarray, _unflatten(load_file(os.path.join(directory,
+                                                                             "h2mt.safetensors"))))
+        return cls(lm, H2MTConfig.from_dict(meta["config"]), params)

@@ -1,0 +1,176 @@
+"""The offline index: a document's tree and node memories, built once, saved, loaded, extended.
+
+    index = h2mt.build(text)                 # parse, build the tree, encode leaves, level sweep
+    index.save("idx/"); index = Index.load("idx/")
+    index = h2mt.append(index, more_text)    # recomputes only new leaves and their ancestors
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from h2mt_jax.hierarchy.build import BuildConfig, _Node, _number
+from h2mt_jax.hierarchy.tree import Tree, TreeSpec, pad_tree, padded_ids
+
+FORMAT = "h2mt_jax.index/1"
+
+
+@dataclasses.dataclass
+class Index:
+    """A built document: source `text`, `spec` (host tree), `tree` (padded arrays), node
+    `memories` `[N_pad, m, d]` (float32, host) and build timings."""
+
+    text: str
+    spec: TreeSpec
+    tree: Tree
+    memories: np.ndarray
+    build: BuildConfig
+    doc_id: str = ""
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def leaf_texts(self) -> list[str]:
+        return [self.text[s:e] for s, e in self.spec.leaf_spans]
+
+    def leaf_ids(self, padded: np.ndarray) -> list[int]:
+        """Spec leaf ids of padded node ids (leaves keep their ids; -1 entries dropped)."""
+        return [int(i) for i in padded if 0 <= i < self.spec.n_leaves]
+
+    def spec_node(self, padded_id: int) -> int:
+        """Spec node id of a padded node id."""
+        lp = self.tree.num_leaf_slots
+        return padded_id if padded_id < lp else self.spec.n_leaves + (padded_id - lp)
+
+    def leaves_for_spans(self, spans: list[tuple[int, int]]) -> list[int]:
+        """Leaves whose character span overlaps any of `spans` (gold leaves from gold text)."""
+        out = []
+        for i, (s, e) in enumerate(self.spec.leaf_spans):
+            if any(s < b and a < e for a, b in spans):
+                out.append(i)
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory) -> None:
+        """Writes `index.json` (text, tree lists, config) and `memories.npy`, atomically."""
+        os.makedirs(directory, exist_ok=True)
+        meta = {"format": FORMAT, "doc_id": self.doc_id, "text": self.text,
+                "build": dataclasses.asdict(self.build), "timings": self.timings,
+                "leaf_tokens": self.spec.leaf_tokens, "leaf_spans": self.spec.leaf_spans,
+                "children": self.spec.children, "titles": self.spec.titles,
+                "padding": {"leaves": self.tree.num_leaf_slots, "nodes": self.tree.num_nodes,
+                            "height": self.tree.max_height,
+                            "width": int(self.tree.level_nodes.shape[1])}}
+        for name, writer in (("memories.npy", lambda f: np.save(f, self.memories)),
+                             ("index.json", lambda f: f.write(json.dumps(meta).encode()))):
+            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+            os.replace(tmp, os.path.join(directory, name))
+
+    @classmethod
+    def load(cls, directory) -> "Index":
+        path = os.path.join(directory, "index.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory} has no index.json: not an H2MT index")
+        with open(path) as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        spec = TreeSpec(leaf_tokens=meta["leaf_tokens"],
+                        leaf_spans=[tuple(s) for s in meta["leaf_spans"]],
+                        children=meta["children"], titles=meta["titles"])
+        build = BuildConfig(**meta["build"])
+        pad = meta["padding"]
+        tree = pad_tree(spec, build.fanout, build.leaf_len, min_leaves=pad["leaves"],
+                        min_nodes=pad["nodes"], min_height=pad["height"], min_width=pad["width"])
+        memories = np.load(os.path.join(directory, "memories.npy"), allow_pickle=False)
+        if memories.shape[0] != tree.num_nodes:
+            raise ValueError(f"memories.npy has {memories.shape[0]} rows, the tree {tree.num_nodes}")
+        return cls(meta["text"], spec, tree, memories, build, meta.get("doc_id", ""),
+                   meta.get("timings", {}))
+
+
+def spec_to_nodes(spec: TreeSpec) -> tuple[_Node, list[_Node], dict[int, int]]:
+    """Nested nodes of a spec, the leaves in order, and node object id -> spec id."""
+    nodes = [_Node(leaf=(spec.leaf_tokens[i], tuple(spec.leaf_spans[i])), title=spec.titles[i])
+             for i in range(spec.n_leaves)]
+    for n in range(spec.n_leaves, spec.n_nodes):
+        nodes.append(_Node(children=[nodes[c] for c in spec.children[n]], title=spec.titles[n]))
+    return nodes[-1], nodes[:spec.n_leaves], {id(x): i for i, x in enumerate(nodes)}
+
+
+def append_leaves(spec: TreeSpec, new_leaves: list[tuple[list[int], tuple[int, int]]],
+                  fanout: int) -> tuple[TreeSpec, np.ndarray, list[int]]:
+    """Appends leaves at the right edge, B-tree style: into the rightmost height-1 node while it
+    has room, else into a new node hung on the right spine (a new root when the spine is full).
+
+    Returns the new spec, `old_of_new[i]` (the old spec id of new node i, or -1 for new nodes)
+    and the new ids of the nodes whose memory must be recomputed (new leaves and every node on
+    their paths to the root).
+    """
+    root, leaves, old_id = spec_to_nodes(spec)
+    dirty: set[int] = set()
+    for tokens, span in new_leaves:
+        leaf = _Node(leaf=(tokens, span))
+        leaves.append(leaf)
+        path = [root]  # the right spine down to height 1
+        while path[-1].children and path[-1].children[-1].leaf is None:
+            path.append(path[-1].children[-1])
+        carry = leaf
+        for node in reversed(path):
+            if len(node.children) < fanout:
+                node.children.append(carry)
+                carry = None
+                break
+            carry = _Node(children=[carry])  # a new node one level up, same height as `node`
+        if carry is not None:  # the whole spine is full: grow a new root
+            root = _Node(children=[root, carry])
+        # the new leaf is the rightmost one: its ancestors are the right spine
+        node = root
+        while True:
+            dirty.add(id(node))
+            if node.leaf is not None:
+                break
+            node = node.children[-1]
+    new = _number(root, leaves)
+    # map new ids back to old ones through the node objects
+    order = leaves + _internal_in_order(root)
+    old_of_new = np.asarray([old_id.get(id(n), -1) for n in order], np.int32)
+    dirty_ids = sorted(i for i, n in enumerate(order) if id(n) in dirty)
+    return new, old_of_new, dirty_ids
+
+
+def _internal_in_order(root: _Node) -> list[_Node]:
+    """Internal nodes in `_number`'s order (by height, post-order within a height, root last)."""
+    height: dict[int, int] = {}
+    order: list[_Node] = []
+
+    def visit(n):
+        if n.leaf is not None:
+            return 0
+        h = 1 + max(visit(c) for c in n.children)
+        height[id(n)] = h
+        order.append(n)
+        return h
+
+    visit(root)
+    internal = sorted(order, key=lambda n: height[id(n)])
+    internal.remove(root)
+    return internal + [root]
+
+
+def remap_memories(old: Index, new_spec: TreeSpec, new_tree: Tree, old_of_new: np.ndarray
+                   ) -> np.ndarray:
+    """The old memory rows moved to the new padded ids (zeros for new nodes)."""
+    mem = np.zeros((new_tree.num_nodes,) + old.memories.shape[1:], np.float32)
+    new_pad = padded_ids(new_spec, new_tree)
+    old_pad = padded_ids(old.spec, old.tree)
+    for new_id, old_id in enumerate(old_of_new):
+        if old_id >= 0:
+            mem[new_pad[new_id]] = old.memories[old_pad[old_id]]
+    return mem

@@ -1,0 +1,157 @@
+"""Node memories: leaves through learnable write tokens, parents by a bottom-up level sweep.
+
+- `leaf_memories`: `mem(leaf) = f([E(leaf tokens) ‖ M_w])` at the `m` write positions, which sit
+  right after each leaf's last real token (padding after them is never attended to).
+- `sweep`: for height h = 1..H, every node of that height is computed in one batched call from
+  its children's memories (`jax.lax.scan` over heights; a parent never runs before its
+  children). Aggregators: `backbone` (`f([child memories ‖ M_a])` at `m` write positions),
+  `attention` (learnable-query pooling), `mean`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.tree import Tree
+from h2mt_jax.hmt.cell import init_params as init_hmt_params
+from h2mt_jax.hmt.cell import run_segments
+from h2mt_jax.typing import Array, Bool, Float, Int
+
+H2MTParams = dict
+
+
+def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Array) -> H2MTParams:
+    """Write tokens, pooling queries and the summary prompt ~ N(0,1)·std(E); the routing
+    projections W_q = W_k start equal, so untrained routing ranks nodes by the similarity of
+    their memory to the question summary."""
+    ks = jax.random.split(key, 6)
+    m, d = cfg.mem_tokens, hidden_size
+    normal = lambda k, shape: jax.random.normal(k, shape) * embedding_std  # noqa: E731
+    w = jax.random.normal(ks[4], (d, cfg.recall_dim)) / np.sqrt(d)
+    params = {"leaf_write": normal(ks[0], (m, d)), "agg_write": normal(ks[1], (m, d)),
+              "agg_query": normal(ks[2], (m, d)), "summary": normal(ks[3], (1, d)),
+              "w_q": w, "w_k": w}
+    if cfg.leaf_mode == "hmt":
+        params["hmt"] = init_hmt_params(d, embedding_std, cfg.hmt, ks[5])
+    return params
+
+
+def _hidden(model, embeds):
+    return model(embeds)[0]
+
+
+def _with_write_tokens(x: Float[Array, "b t d"], n: Int[Array, "b"], write: Float[Array, "m d"]):
+    """`x` rows with `m` write tokens placed at `n[b] .. n[b]+m-1`, zeros after them."""
+    b, t, d = x.shape
+    m = write.shape[0]
+    x = jnp.concatenate([x, jnp.zeros((b, m, d), x.dtype)], axis=1)
+    pos = jnp.arange(t + m)[None, :]
+    j = pos - n[:, None]
+    is_write = (j >= 0) & (j < m)
+    w = write.astype(x.dtype)[jnp.clip(j, 0, m - 1)]
+    return jnp.where(is_write[..., None], w, jnp.where((j < 0)[..., None], x, 0))
+
+
+def _read_write_tokens(h: Float[Array, "b t d"], n: Int[Array, "b"], m: int):
+    idx = n[:, None] + jnp.arange(m)[None, :]
+    return jnp.take_along_axis(h, idx[..., None], axis=1).astype(jnp.float32)  # [b, m, d]
+
+
+def encode_with_write_tokens(model, x, n, write):
+    """Backbone over `x` with write tokens after `n[b]` real positions -> `[b, m, d]`."""
+    h = _hidden(model, _with_write_tokens(x, n, write))
+    return _read_write_tokens(h, n, write.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode_leaves(graphdef, bparams, params, tokens, lengths):
+    model = nnx.merge(graphdef, bparams)
+    return encode_with_write_tokens(model, model.embed(tokens), lengths, params["leaf_write"])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "hmt_cfg"))
+def _encode_leaves_hmt(graphdef, bparams, hmt_params, tokens, lengths, hmt_cfg):
+    model = nnx.merge(graphdef, bparams)
+    l = hmt_cfg.tokens_per_segment
+    ids = jnp.pad(tokens, ((0, 0), (0, l - tokens.shape[1])))[:, None, :]  # [leaves, 1, L]
+    _, mems = run_segments(model, hmt_params, hmt_cfg, ids, lengths, lambda h, st, e: st.memory)
+    return mems[:, 0, None, :]  # [leaves, 1, d]
+
+
+def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
+                  tokens: np.ndarray, lengths: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Memories of the given leaves `[n, T]` -> `[n, m, d]` (host array).
+
+    `independent`: batches of `cfg.leaf_batch` leaves per call (bounded memory for any count);
+    `hmt`: all leaves in document order through one HMT scan."""
+    from tqdm.auto import tqdm
+
+    n = len(tokens)
+    if cfg.leaf_mode == "hmt":
+        out = _encode_leaves_hmt(graphdef, bparams, params["hmt"], jnp.asarray(tokens),
+                                 jnp.asarray(lengths), hmt_cfg=cfg.hmt)
+        return np.asarray(out)
+    lb = cfg.leaf_batch
+    outs = []
+    for i in tqdm(range(0, n, lb), desc="leaf memories", disable=not progress, leave=False):
+        t, ln = tokens[i:i + lb], lengths[i:i + lb]
+        pad = lb - len(t)
+        if pad:
+            t = np.concatenate([t, np.zeros((pad, t.shape[1]), t.dtype)])
+            ln = np.concatenate([ln, np.zeros((pad,), ln.dtype)])
+        out = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
+        outs.append(np.asarray(out)[:lb - pad])
+    return np.concatenate(outs, axis=0)
+
+
+def aggregate(model, params: H2MTParams, kind: str, child_mem: Float[Array, "w c m d"],
+              mask: Bool[Array, "w c"]) -> Float[Array, "w m d"]:
+    """A parent's memory from its (masked) children's memories."""
+    w, c, m, d = child_mem.shape
+    if kind == "mean":
+        wgt = mask.astype(jnp.float32)[..., None, None]
+        return (child_mem * wgt).sum(1) / jnp.maximum(wgt.sum(1), 1.0)
+    flat = child_mem.reshape(w, c * m, d)
+    flat_mask = jnp.repeat(mask, m, axis=1)
+    if kind == "attention":
+        q = params["agg_query"]  # [m, d]
+        scores = jnp.einsum("md,wjd->wmj", q, flat) / np.sqrt(d)
+        scores = jnp.where(flat_mask[:, None, :], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        return jnp.einsum("wmj,wjd->wmd", jnp.nan_to_num(probs), flat)
+    # backbone: valid children are packed first (they already are: children fill slots in order)
+    n = mask.sum(1).astype(jnp.int32) * m
+    return encode_with_write_tokens(model, flat.astype(model.dtype), n, params["agg_write"])
+
+
+def sweep_memories(model, params: H2MTParams, kind: str, tree: Tree,
+                   mem: Float[Array, "n m d"], level_nodes: Int[Array, "h w"] | None = None
+                   ) -> Float[Array, "n m d"]:
+    """Fills internal nodes' memories height by height (`level_nodes[h]`: the nodes of height
+    h+1 to compute; -1 entries are skipped). Leaf rows of `mem` must already be set."""
+    level_nodes = tree.level_nodes if level_nodes is None else level_nodes
+    n_nodes = mem.shape[0]
+
+    def step(mem, idx):
+        valid = idx >= 0
+        safe = jnp.where(valid, idx, 0)
+        ch = tree.children[safe]  # [w, c]
+        cmask = tree.child_mask[safe] & valid[:, None]
+        new = aggregate(model, params, kind, mem[jnp.maximum(ch, 0)], cmask)
+        target = jnp.where(valid, idx, n_nodes)  # out of range: dropped
+        return mem.at[target].set(new.astype(mem.dtype), mode="drop"), None
+
+    mem, _ = jax.lax.scan(step, mem, level_nodes)
+    return mem
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
+def sweep(graphdef, bparams, params, tree: Tree, mem, level_nodes, kind: str):
+    """Jitted `sweep_memories`."""
+    return sweep_memories(nnx.merge(graphdef, bparams), params, kind, tree, mem, level_nodes)
