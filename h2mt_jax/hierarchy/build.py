@@ -87,19 +87,28 @@ def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int],
     return leaves
 
 
-def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherited: str | None):
+def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherited: str | None,
+                  cursor: list[int]):
+    """The subtree of a section (None when it holds no text); `cursor[0]` is the end of the
+    last span used, so a bare heading's span is looked up after it."""
     title = sec.title or inherited
     title_ids = []
     if cfg.title_tokens and title:
         title_ids = _encode(tokenizer, title.strip() + "\n")[:cfg.title_tokens]
     kids = _leaves(text, sec.spans, tokenizer, cfg, title_ids, title)
-    kids += [n for c in sec.children for n in [_from_section(c, text, tokenizer, cfg, title)]
-             if n is not None]
+    if sec.spans:
+        cursor[0] = max(cursor[0], sec.spans[-1][1])
+    for c in sec.children:
+        node = _from_section(c, text, tokenizer, cfg, title, cursor)
+        if node is not None:
+            kids.append(node)
     if not kids and sec.title and sec.title.strip():  # a bare heading: a leaf of its title
-        ids = _encode(tokenizer, sec.title.strip())[:cfg.leaf_tokens]
-        start = text.find(sec.title.strip())
-        span = (max(start, 0), max(start, 0) + len(sec.title.strip()))
-        return _Node(leaf=(ids, span), title=sec.title)
+        head = sec.title.strip()
+        ids = _encode(tokenizer, head)[:cfg.leaf_tokens]
+        start = text.find(head, cursor[0])
+        start = start if start >= 0 else cursor[0]
+        cursor[0] = start + len(head)
+        return _Node(leaf=(ids, (start, start + len(head))), title=sec.title)
     if not kids:
         return None
     if len(kids) == 1:
@@ -172,7 +181,7 @@ def build_spec(text: str, outline: Section, tokenizer, cfg: BuildConfig = BuildC
                embedding: np.ndarray | None = None) -> TreeSpec:
     """The tree of a parsed document. `embedding` (the backbone's `[V, d]` input embeddings)
     drives the similarity grouping; without it, hashed TF-IDF bags of token ids do."""
-    root = _from_section(outline, text, tokenizer, cfg, None)
+    root = _from_section(outline, text, tokenizer, cfg, None, [0])
     if root is None:
         raise ValueError("the document has no text to build leaves from")
     if root.leaf is not None:

@@ -1,0 +1,177 @@
+"""H²MT end to end on a tiny random backbone with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import resource
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import h2mt_jax
+from conftest import shared_data
+from h2mt_jax.data.synthetic import generate_manual
+from h2mt_jax.hierarchy import parse
+from h2mt_jax.hierarchy.build import BuildConfig
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.h2mt import H2MT
+from h2mt_jax.hierarchy.index import Index
+from h2mt_jax.hierarchy.memory import sweep
+from h2mt_jax.hierarchy.render import render_html, render_png
+from h2mt_jax.hierarchy.tree import padded_ids
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(smollm2):
+    lm = h2mt_jax.random_lm(seed=1, vocab_size=smollm2.config.vocab_size, hidden_size=32,
+                            intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                            head_dim=16, max_position_embeddings=2048)
+    lm.tokenizer = smollm2.tokenizer
+    lm.config = lm.config.__class__(**{**lm.config.to_dict(),
+                                       "eos_token_ids": smollm2.config.eos_token_ids})
+    return lm
+
+
+@pytest.fixture(scope="module")
+def h2mt(tiny_lm):
+    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8), k=3)
+    return H2MT.create(tiny_lm, cfg)
+
+
+@pytest.fixture(scope="module")
+def manual():
+    return generate_manual(3, chapters=3)
+
+
+@pytest.fixture(scope="module")
+def index(h2mt, manual):
+    return h2mt.build(manual.text, fmt="markdown")
+
+
+def test_build_gives_a_valid_bucketed_tree(index, manual, h2mt):
+    spec = index.spec
+    spec.validate(h2mt.config.build.fanout)
+    assert spec.n_leaves > 8
+    assert all(len(t) <= h2mt.config.build.leaf_len for t in spec.leaf_tokens)
+    spans = spec.leaf_spans
+    assert all(0 <= s < e <= len(manual.text) for s, e in spans)
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
+    assert index.tree.num_leaf_slots >= spec.n_leaves
+    assert index.memories.shape == (index.tree.num_nodes, 1, 32)
+    assert np.isfinite(index.memories[padded_ids(spec, index.tree)]).all()
+    # every fact sentence of the manual is inside some leaf
+    for q in manual.questions:
+        assert index.leaves_for_spans(q.gold_spans)
+
+
+def test_answer_reports_route_and_timings(h2mt, index, manual):
+    q = manual.questions[0]
+    for route in ("beam", "flat"):
+        a = h2mt.answer(index, q.question, route=route)
+        assert len(a.leaves) == 3 and len(set(a.leaves)) == 3
+        assert a.scores == sorted(a.scores, reverse=True)
+        assert a.memory_tokens == 3
+        assert {"query_s", "route_s", "prefill_s", "decode_s", "ttft_s", "total_s"} <= set(a.timings)
+        assert a.timings["ttft_s"] < a.timings["total_s"]
+    gold = index.leaves_for_spans(q.gold_spans)
+    oracle = h2mt.answer(index, q.question, route="oracle", gold_leaves=gold)
+    assert oracle.leaves == gold
+    text = h2mt.answer(index, q.question, context="text", gold_leaves=gold, route="oracle")
+    assert text.memory_tokens == 0 and text.prompt_tokens > oracle.prompt_tokens
+
+
+def test_ancestors_are_fed_coarse_to_fine(tiny_lm, index, manual):
+    h = H2MT.create(tiny_lm, H2MTConfig(build=index.build, k=2, ancestors=True))
+    a = h.answer(index, manual.questions[1].question)
+    nodes = h._selected_nodes(index, a.leaves)
+    depth = index.spec.depths()
+    assert nodes[-len(a.leaves):] == sorted(a.leaves)
+    anc = nodes[:-len(a.leaves)]
+    assert anc and [depth[n] for n in anc] == sorted(depth[n] for n in anc)
+    assert a.memory_tokens == len(nodes)
+
+
+def test_index_roundtrip_and_route_picture(h2mt, index, manual, tmp_path):
+    h2mt.save_index(index, tmp_path / "idx")
+    h2, again = H2MT.load_index(tmp_path / "idx", lm=h2mt.lm)
+    np.testing.assert_array_equal(again.memories, index.memories)
+    assert again.spec.children == index.spec.children
+    q = manual.questions[2].question
+    a, b = h2mt.answer(index, q), h2.answer(again, q)
+    assert a.leaves == b.leaves and a.text == b.text
+    page = render_html(again, b, q)
+    assert "Selected leaves" in page and f"#{1}" in page
+    render_png(again, b, q, str(tmp_path / "route.png"))
+    assert (tmp_path / "route.png").stat().st_size > 1000
+
+
+def test_append_recomputes_only_the_new_spine(h2mt, index):
+    more = generate_manual(9, chapters=1).text
+    grown = h2mt.append(index, more)
+    grown.spec.validate(h2mt.config.build.fanout)
+    assert grown.text.endswith(more) and grown.spec.n_leaves > index.spec.n_leaves
+    assert grown.leaf_texts[:index.spec.n_leaves] == index.leaf_texts
+    # a full recomputation of every node on the grown tree gives the same memories
+    pid = padded_ids(grown.spec, grown.tree)
+    mem = np.zeros_like(grown.memories)
+    mem[pid[:grown.spec.n_leaves]] = h2mt._leaf_memories(grown.spec.leaf_tokens)
+    full = np.asarray(sweep(h2mt.lm.graphdef, h2mt.lm.params, h2mt.params, grown.tree,
+                            jnp.asarray(mem), grown.tree.level_nodes, kind="backbone"))
+    np.testing.assert_allclose(grown.memories[pid], full[pid], atol=1e-4)
+    assert grown.timings["recomputed_nodes"] < grown.spec.n_nodes
+
+
+@pytest.mark.parametrize("leaf_mode,aggregator", [("hmt", "attention"), ("independent", "mean")])
+def test_other_modes_build_and_answer(tiny_lm, manual, leaf_mode, aggregator):
+    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8),
+                     leaf_mode=leaf_mode, aggregator=aggregator, k=2)
+    h = H2MT.create(tiny_lm, cfg)
+    idx = h.build(manual.text, fmt="markdown")
+    assert np.isfinite(idx.memories[padded_ids(idx.spec, idx.tree)]).all()
+    assert len(h.answer(idx, manual.questions[0].question).leaves) == 2
+
+
+def test_hotpotqa_record_builds_with_gold(h2mt):
+    path = shared_data("hotpotqa", "hotpot_dev_distractor_first100.json")
+    rec = json.load(open(path))[0]
+    text, outline = parse.parse_hotpotqa(rec)
+    idx = h2mt.build(text, outline=outline)
+    titles = {idx.spec.titles[i] for i in range(idx.spec.n_leaves)}
+    assert set(rec["context"]["title"]) <= titles
+    gold = idx.leaves_for_spans(parse.hotpotqa_supporting_spans(rec, text))
+    assert {idx.spec.titles[i] for i in gold} == set(rec["supporting_facts"]["title"])
+
+
+def test_bad_documents(h2mt):
+    with pytest.raises(ValueError, match="empty document"):
+        h2mt.build("   \n ")
+    one = h2mt.build("Only one sentence here.")
+    assert one.spec.n_leaves == 1 and one.spec.n_nodes == 2
+    heads = h2mt.build("# Title\n\n## Part one\n\n## Part two\n\n### Detail\n")
+    assert heads.leaf_texts == ["Part one", "Detail"]  # bare headings become leaves
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        bad = h2mt.build(b"Valid text. \xff\xfe broken bytes here. More text follows.")
+    assert any("byte" in str(x.message).lower() or "utf" in str(x.message).lower() for x in w)
+    assert "\ufffd" in bad.text
+    with pytest.raises(ValueError, match="question is empty"):
+        h2mt.answer(one, "")
+    with pytest.raises(ValueError, match="gold_leaves"):
+        h2mt.answer(one, "What?", route="oracle")
+
+
+def test_million_token_document_streams_leaves(h2mt):
+    # Given ~1M tokens of text (a paragraph repeated with a counter so leaves differ)
+    para = ("Section {i} describes the maintenance of unit {i}. The pump must be checked every "
+            "{j} days by the operator on duty, who records the pressure in the log book. ") * 3
+    text = "\n\n".join(para.format(i=i, j=i % 97) for i in range(10_500))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    idx = h2mt.build(text, fmt="plain")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    # Then the index holds every leaf, and memory grew far less than holding all activations
+    assert idx.timings["leaf_tokens"] > 900_000
+    assert idx.spec.n_leaves > 15_000
+    idx.spec.validate(h2mt.config.build.fanout)
+    assert grown_mb < 3000
