@@ -24,7 +24,8 @@ from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import build_spec
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
-from h2mt_jax.hierarchy.memory import H2MTParams, init_params, leaf_memories, sweep
+from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
+                                       sweep)
 from h2mt_jax.hierarchy.route import Route, beam_route, flat_route, node_scores, query_embedding
 from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.lm import LM
@@ -62,17 +63,48 @@ class Answer:
 class H2MT:
     """H²MT over a backbone `lm` with memory `params` (see `memory.init_params`)."""
 
-    def __init__(self, lm: LM, config: H2MTConfig, params: H2MTParams):
-        if lm.tokenizer is None:
-            raise ValueError("H2MT needs an LM with a tokenizer")
+    def __init__(self, lm: LM, config: H2MTConfig, params: H2MTParams, lora=None,
+                 lora_scale: float = 1.0):
         self.lm, self.config, self.params = lm, config, params
+        self.lora, self.lora_scale = lora, float(lora_scale)
         self._embedding = None
+        self._answer_lm = None
+
+    @property
+    def tokenizer(self):
+        if self.lm.tokenizer is None:
+            raise ValueError("H2MT needs an LM with a tokenizer to build indexes and answer")
+        return self.lm.tokenizer
+
+    @property
+    def answer_lm(self) -> LM:
+        """The backbone that encodes questions and answers: with the LoRA adapters merged when
+        there are any (leaves and parents are always encoded by the base backbone)."""
+        if not self.lora:
+            return self.lm
+        if self._answer_lm is None:
+            from h2mt_jax.backbone.lora import merge_lora
+
+            params = merge_lora(self.lm.params, self.lora, self.lora_scale)
+            self._answer_lm = LM(nnx.merge(self.lm.graphdef, params), self.lm.tokenizer,
+                                 self.lm.name)
+        return self._answer_lm
 
     @classmethod
     def create(cls, lm: LM, config: H2MTConfig = H2MTConfig(), seed: int = 0) -> "H2MT":
-        std = float(jnp.std(lm.params["embedding"].value))
-        return cls(lm, config, init_params(lm.config.hidden_size, std, config,
-                                           jax.random.PRNGKey(seed)))
+        """Fresh parameters; the read projection is scaled so that a memory vector has the
+        mean norm of a token embedding (measured on a probe sentence)."""
+        emb = lm.params["embedding"].value
+        std = float(jnp.std(emb))
+        h = cls(lm, config, init_params(lm.config.hidden_size, std, config,
+                                        jax.random.PRNGKey(seed)))
+        probe = lm.tokenizer("The pump runs at a steady speed.", add_special_tokens=False)[
+            "input_ids"] if lm.tokenizer is not None else [1, 2, 3]
+        mem = h._leaf_memories([probe])
+        scale = float(jnp.mean(jnp.linalg.norm(emb, axis=-1))) / max(
+            float(np.linalg.norm(mem, axis=-1).mean()), 1e-6)
+        h.params = {**h.params, "read": h.params["read"] * scale}
+        return h
 
     @property
     def embedding(self) -> np.ndarray:
@@ -95,7 +127,7 @@ class H2MT:
             text = document
         t1 = time.perf_counter()
         cfg = self.config
-        spec = build_spec(text, outline, self.lm.tokenizer, cfg.build, self.embedding)
+        spec = build_spec(text, outline, self.tokenizer, cfg.build, self.embedding)
         tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len)
         t2 = time.perf_counter()
         mem = np.zeros((tree.num_nodes, cfg.mem_tokens, self.lm.config.hidden_size), np.float32)
@@ -128,7 +160,7 @@ class H2MT:
         offset = len(index.text) + len(sep)
         add = parse.clean_text(text)
         outline = parse.parse_document(add, fmt)
-        sub = build_spec(add, outline, self.lm.tokenizer, self.config.build, self.embedding)
+        sub = build_spec(add, outline, self.tokenizer, self.config.build, self.embedding)
         new_leaves = [(toks, (s + offset, e + offset))
                       for toks, (s, e) in zip(sub.leaf_tokens, sub.leaf_spans)]
         spec, old_of_new, dirty = append_leaves(index.spec, new_leaves, self.config.build.fanout)
@@ -163,13 +195,14 @@ class H2MT:
             if gold_leaves is None:
                 raise ValueError("route='oracle' needs gold_leaves")
             return None, {"query_s": 0.0, "route_s": 0.0}
-        ids = self.lm.tokenizer(question, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError("the question is empty")
         tb = bucket(len(ids))
         q = np.zeros((1, tb), np.int32)
         q[0, :len(ids)] = ids
-        s = _query(self.lm.graphdef, self.lm.params, self.params, jnp.asarray(q),
+        qlm = self.answer_lm
+        s = _query(qlm.graphdef, qlm.params, self.params, jnp.asarray(q),
                    jnp.asarray([len(ids)], jnp.int32))
         s.block_until_ready()
         t1 = time.perf_counter()
@@ -214,21 +247,23 @@ class H2MT:
             scores = [float(x) for x, i in zip(r.leaf_scores, r.leaves) if i >= 0]
             visited = [[index.spec_node(int(i)) for i in row if i >= 0] for row in r.visited]
             node_sc = np.asarray(r.scores)[padded_ids(index.spec, index.tree)]
-        tok = self.lm.tokenizer
+        tok = self.tokenizer
+        alm = self.answer_lm
         t_asm = time.perf_counter()
         if context == "text":
             ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(leaves))
             ids = prompts.prompt_ids(tok, template, ctx, question)
-            gen = self.lm.generate_ids([ids], max_new_tokens=max_new_tokens)
+            gen = alm.generate_ids([ids], max_new_tokens=max_new_tokens)
             n_mem, n_prompt = 0, len(ids)
         else:
             pre, post = prompts.split_prompt(tok, template, question)
             nodes = self._selected_nodes(index, leaves)
             pid = padded_ids(index.spec, index.tree)
             mem = index.memories[pid[nodes]].reshape(-1, index.memories.shape[-1])
+            mem = np.asarray(read_memories(self.params, jnp.asarray(mem)))
             emb = self.embedding
             embeds = np.concatenate([emb[pre], mem, emb[post]])[None]
-            gen = self.lm.generate_ids(embeds=embeds, max_new_tokens=max_new_tokens)
+            gen = alm.generate_ids(embeds=embeds, max_new_tokens=max_new_tokens)
             n_mem, n_prompt = len(mem), embeds.shape[1]
         timings["assemble_s"] = time.perf_counter() - t_asm - gen.prefill_s - gen.decode_s
         timings.update(prefill_s=gen.prefill_s, decode_s=gen.decode_s)
@@ -258,11 +293,12 @@ class H2MT:
         from h2mt_jax.hmt.checkpoint import _flatten
 
         os.makedirs(directory, exist_ok=True)
-        save_file(_flatten(self.params), os.path.join(directory, "h2mt.safetensors"))
+        tensors = {"params": self.params, **({"lora": self.lora} if self.lora else {})}
+        save_file(_flatten(tensors), os.path.join(directory, "h2mt.safetensors"))
         with open(os.path.join(directory, "h2mt.json"), "w") as f:
             json.dump({"format": "h2mt_jax.h2mt/1", "config": self.config.to_dict(),
-                       "backbone": self.lm.name, "hidden_size": self.lm.config.hidden_size}, f,
-                      indent=1)
+                       "backbone": self.lm.name, "hidden_size": self.lm.config.hidden_size,
+                       "lora_scale": self.lora_scale}, f, indent=1)
 
     @classmethod
     def load(cls, directory, lm: LM | None = None) -> "H2MT":
@@ -282,6 +318,7 @@ class H2MT:
         if lm.config.hidden_size != meta["hidden_size"]:
             raise ValueError(f"checkpoint was trained on a backbone with d={meta['hidden_size']}, "
                              f"this backbone has d={lm.config.hidden_size}")
-        params = jax.tree.map(jnp.asarray, _unflatten(load_file(os.path.join(directory,
-                                                                             "h2mt.safetensors"))))
-        return cls(lm, H2MTConfig.from_dict(meta["config"]), params)
+        tree = jax.tree.map(jnp.asarray, _unflatten(load_file(os.path.join(directory,
+                                                                           "h2mt.safetensors"))))
+        return cls(lm, H2MTConfig.from_dict(meta["config"]), tree["params"], tree.get("lora"),
+                   meta.get("lora_scale", 1.0))

@@ -36,10 +36,18 @@ def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Ar
     w = jax.random.normal(ks[4], (d, cfg.recall_dim)) / np.sqrt(d)
     params = {"leaf_write": normal(ks[0], (m, d)), "agg_write": normal(ks[1], (m, d)),
               "agg_query": normal(ks[2], (m, d)), "summary": normal(ks[3], (1, d)),
-              "w_q": w, "w_k": w}
+              "w_q": w, "w_k": w,
+              # memories are final-norm hidden states; `read` maps them into the input
+              # embedding space of the answer prompt (H2MT.create rescales it to match norms)
+              "read": jnp.eye(d, dtype=jnp.float32)}
     if cfg.leaf_mode == "hmt":
         params["hmt"] = init_hmt_params(d, embedding_std, cfg.hmt, ks[5])
     return params
+
+
+def read_memories(params: H2MTParams, mem: Float[Array, "... d"]) -> Float[Array, "... d"]:
+    """Memory vectors as answer-prompt input embeddings."""
+    return mem @ params["read"] if "read" in params else mem
 
 
 def _hidden(model, embeds):
