@@ -1,16 +1,45 @@
-"""Trains HMT / H²MT memory parameters. Usage: python train.py --config=configs/demo.py"""
+"""Trains H²MT (or HMT) memory parameters. The logic lives in h2mt_jax.train; this stays short.
 
-from absl import app, flags
+    python train.py --config=configs/demo.py                 # the embedded default (CPU)
+    python train.py --config=configs/hotpotqa.py:tiny        # any config, any variant
+    python train.py --config=configs/demo.py --config.train.lr=1e-3 --config.workdir=runs/x
+"""
+
+import json
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Training configuration.")
+flags.DEFINE_string("workdir", None, "Overrides config.workdir.")
+
+
+def table(results: dict) -> str:
+    """A Markdown table of the evaluation before and after training."""
+    rows = [(name, res) for name, res in (("untrained", results.get("before")),
+                                          ("trained", results.get("after"))) if res]
+    if not rows:
+        return ""
+    keys = [k for k in rows[0][1] if isinstance(rows[0][1][k], (int, float))]
+    head = "| parameters | " + " | ".join(keys) + " |"
+    sep = "|" + "---|" * (len(keys) + 1)
+    body = ["| " + name + " | " + " | ".join(f"{res.get(k, float('nan')):.3g}" for k in keys)
+            + " |" for name, res in rows]
+    return "\n".join([head, sep, *body])
 
 
 def main(argv):
     del argv
+    from h2mt_jax.train.trainer import train_and_evaluate
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
-    print(f"train.py: training is not yet implemented (config backbone={config.backbone}); "
-          "see the pipeline issue.")
+    workdir = flags.FLAGS.workdir or config.workdir
+    results = train_and_evaluate(config, workdir)
+    if "preempted_at" in results:
+        return
+    print(table(results))
+    print(json.dumps({k: v for k, v in results.items() if k != "train_losses"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,15 @@ class LM:
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in gen.tokens]
 
 
+# Names of tiny random backbones that borrow a real tokenizer (configs' `:tiny` variants).
+TINY_RANDOM = {
+    "tiny-random-smollm2": (dict(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                                 max_position_embeddings=8192, eos_token_ids=(2,),
+                                 pad_token_id=2, bos_token_id=1), "smollm2-135m-instruct"),
+}
+
+
 def random_lm(seed: int = 0, dtype="float32", **overrides) -> LM:
     """A randomly initialised backbone without tokenizer (tests, benchmarks on tiny configs).
 
@@ -182,6 +191,12 @@ def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="fl
     from h2mt_jax.weights import build_model, load_tokenizer, load_weights, resolve
 
     dtype = parse_dtype(dtype)
+    if name_or_path in TINY_RANDOM:  # tiny random weights, the real tokenizer: quick CPU runs
+        fields, tokenizer_of = TINY_RANDOM[name_or_path]
+        lm = random_lm(seed=0, dtype=dtype, **fields)
+        lm.tokenizer = load_tokenizer(resolve(tokenizer_of)) if tokenizer else None
+        lm.name = name_or_path
+        return lm
     source = resolve(name_or_path)
     cfg, flat = load_weights(source)
     model = build_model(cfg, flat, dtype)

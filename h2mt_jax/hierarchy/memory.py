@@ -36,7 +36,7 @@ def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Ar
     w = jax.random.normal(ks[4], (d, cfg.recall_dim)) / np.sqrt(d)
     params = {"leaf_write": normal(ks[0], (m, d)), "agg_write": normal(ks[1], (m, d)),
               "agg_query": normal(ks[2], (m, d)), "summary": normal(ks[3], (1, d)),
-              "w_q": w, "w_k": w,
+              "w_q": w, "w_k": jnp.array(w, copy=True),
               # memories are final-norm hidden states; `read` maps them into the input
               # embedding space of the answer prompt (H2MT.create rescales it to match norms)
               "read": jnp.eye(d, dtype=jnp.float32)}
@@ -105,13 +105,19 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
         out = _encode_leaves_hmt(graphdef, bparams, params["hmt"], jnp.asarray(tokens),
                                  jnp.asarray(lengths), hmt_cfg=cfg.hmt)
         return np.asarray(out)
-    lb = cfg.leaf_batch
+    # Batches are padded to buckets of the leaf count and of the longest leaf, so a short
+    # document does not pay for `leaf_batch` full-length leaves.
+    from h2mt_jax.generation.decode import bucket
+
+    lb = min(cfg.leaf_batch, bucket(n, (1, 2, 4, 8, 16, 32, 64, 128, 256)))
     outs = []
     for i in tqdm(range(0, n, lb), desc="leaf memories", disable=not progress, leave=False):
         t, ln = tokens[i:i + lb], lengths[i:i + lb]
+        width = min(tokens.shape[1], bucket(max(int(ln.max()), 1)))
+        t = t[:, :width]
         pad = lb - len(t)
         if pad:
-            t = np.concatenate([t, np.zeros((pad, t.shape[1]), t.dtype)])
+            t = np.concatenate([t, np.zeros((pad, width), t.dtype)])
             ln = np.concatenate([ln, np.zeros((pad,), ln.dtype)])
         out = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
         outs.append(np.asarray(out)[:lb - pad])

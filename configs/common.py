@@ -1,0 +1,99 @@
+"""Fields shared by every config file; each file overrides what its task needs.
+
+Every field can be set from the command line: `--config.train.lr=3e-4`.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "h2mt_qa"  # h2mt_qa | hmt_lm
+    c.backbone = "smollm2-135m-instruct"  # registry name, local dir/.gguf, or hub id
+    c.dtype = "float32"
+    c.seed = 0
+    c.workdir = "runs/default"
+    c.resume = True  # continue from the newest good checkpoint in workdir
+    c.checkpoint = ""  # start from (train) or evaluate (evaluate.py) this H2MT/HMT checkpoint
+    c.method = "h2mt"  # evaluate.py: one or a comma list of methods
+    c.output = ""  # evaluate.py: OUT.json (default: <workdir>/eval.json)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # synthetic | hotpotqa | longbench | wikitext
+    c.data.path = ""  # local file: LongBench .jsonl, HotpotQA .json, raw text
+    c.data.dataset = ""  # LongBench dataset name (template, length, metric); default: records'
+    c.data.prompt_dir = ""  # directory with LongBench's dataset2prompt.json / dataset2maxlen.json
+    c.data.train_docs = 40  # synthetic: manuals for training
+    c.data.eval_docs = 6  # synthetic: held-out manuals
+    c.data.chapters = 4  # synthetic: chapters per manual (about 400 tokens each)
+    c.data.held_out = 0.2  # real data: fraction of documents held out for evaluation
+    c.data.limit = 0  # read at most this many records (0: all)
+    c.data.on_error = "skip"  # malformed records: skip (warn with file:line) or stop
+    c.data.eval_tokens = 8192  # hmt_lm: held-out tokens at the end of the text
+
+    c.h2mt = ml_collections.ConfigDict()
+    c.h2mt.leaf_tokens = 128  # tokens per leaf (sentence boundaries)
+    c.h2mt.fanout = 8  # B
+    c.h2mt.title_tokens = 16  # section title prefix per leaf
+    c.h2mt.mem_tokens = 1  # m
+    c.h2mt.recall_dim = 256  # d_h of the routing projections
+    c.h2mt.leaf_mode = "independent"  # independent | hmt
+    c.h2mt.aggregator = "backbone"  # backbone | attention | mean
+    c.h2mt.route = "beam"  # beam | flat | oracle
+    c.h2mt.k = 4  # beam width = selected leaves
+    c.h2mt.ancestors = False  # also feed the ancestors' memories to the answer prompt
+    c.h2mt.leaf_batch = 32  # leaves per encoding call
+
+    c.hmt = ml_collections.ConfigDict()
+    c.hmt.segment_length = 256
+    c.hmt.num_sensory = 32
+    c.hmt.recall_dim = 512
+    c.hmt.recall_context = 100
+    c.hmt.sum_fraction = 0.5
+    c.hmt.stage = 2
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 300
+    c.train.batch_size = 4
+    c.train.lr = 3e-3
+    c.train.warmup = 20
+    c.train.decay = "cosine"  # cosine | constant
+    c.train.weight_decay = 0.0
+    c.train.clip = 1.0
+    c.train.route_weight = 1.0  # λ of the routing loss
+    c.train.trainable = "memory"  # memory | memory+lora | all
+    c.train.lora_rank = 8
+    c.train.lora_alpha = 16.0
+    c.train.encode = "cached"  # cached (node memories fixed per document) | full (gradients)
+    c.train.bf16 = False  # run the backbone in bfloat16
+    c.train.bptt_depth = 4  # hmt_lm: segments per training window
+    c.train.remat = False  # hmt_lm: recompute each segment in the backward pass
+    c.train.checkpoint_every = 100
+    c.train.max_to_keep = 3
+    c.train.stop_after = 0  # stop (and checkpoint) after this many steps of this run: 0 = never
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.distributed = False  # jax.distributed.initialize() (multi-host TPU pods)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.before_training = False  # also evaluate the untrained parameters
+    c.eval.max_examples = 0  # 0: all
+    c.eval.max_new_tokens = 0  # 0: the dataset's LongBench generation length
+    c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods
+    return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks everything for a quick CPU run: a tiny random backbone with SmolLM2's tokenizer."""
+    c.backbone = "tiny-random-smollm2"
+    c.data.train_docs, c.data.eval_docs, c.data.chapters, c.data.limit = 2, 1, 2, 6
+    c.data.eval_tokens = 512
+    c.h2mt.leaf_tokens, c.h2mt.fanout, c.h2mt.recall_dim, c.h2mt.k = 48, 4, 16, 2
+    c.hmt.segment_length, c.hmt.num_sensory, c.hmt.recall_dim, c.hmt.recall_context = 40, 4, 16, 8
+    c.train.steps, c.train.batch_size, c.train.warmup, c.train.bptt_depth = 2, 2, 1, 2
+    c.train.checkpoint_every = 1
+    c.eval.max_examples = 2
+    return c

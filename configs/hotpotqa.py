@@ -1,0 +1,29 @@
+"""H²MT on HotpotQA distractor (local JSON in the Hugging Face layout; gold = supporting facts).
+
+    python train.py --config=configs/hotpotqa.py \
+        --config.data.path=../shared/data/hotpotqa/hotpot_dev_distractor_first100.json
+    python train.py --config=configs/hotpotqa.py:tiny
+"""
+
+import os
+
+from configs.common import base_config, tiny
+
+DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hotpotqa",
+                       "hotpot_dev_distractor_first100.json")
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.workdir = "runs/hotpotqa"
+    c.data.source = "hotpotqa"
+    c.data.path = DEFAULT
+    c.h2mt.leaf_tokens = 96
+    c.h2mt.k = 2
+    c.train.trainable = "memory+lora"
+    if arg == "tiny":
+        tiny(c)
+        c.workdir = "runs/hotpotqa-tiny"
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} of configs/hotpotqa.py (known: tiny)")
+    return c

@@ -1,0 +1,101 @@
+"""Question-answering items for H²MT training and evaluation, from every supported source.
+
+An item is one question over one document. Sources (`config.data.source`):
+- `synthetic`: generated manuals (deterministic from the seed; gold = the fact sentences);
+- `hotpotqa`: HotpotQA distractor records (local JSON; gold = supporting-fact sentences);
+- `longbench`: a LongBench jsonl file (gold = the sentences that contain an answer string, when
+  any does: "found" gold, as DESIGN.md §4.2.6 allows).
+Train and evaluation items never share a document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class QAItem:
+    doc_id: str
+    context: str
+    question: str
+    answers: list[str]
+    dataset: str
+    fmt: str = "auto"
+    gold_spans: list[tuple[int, int]] | None = None
+    outline: object = None  # a parsed outline when the source has structure (HotpotQA)
+    qid: str = ""
+
+
+FMT_BY_DATASET = {"hotpotqa": "longbench_passages", "2wikimqa": "longbench_passages",
+                  "musique": "longbench_passages", "qasper": "qasper",
+                  "narrativeqa": "narrativeqa", "synthetic": "markdown"}
+
+
+def found_gold_spans(context: str, answers: list[str]) -> list[tuple[int, int]] | None:
+    """Spans of the answer strings in the context (case-insensitive), or None."""
+    spans = []
+    for a in answers:
+        a = a.strip()
+        if len(a) < 2:
+            continue
+        for m in re.finditer(re.escape(a), context, flags=re.IGNORECASE):
+            spans.append((m.start(), m.end()))
+    return sorted(set(spans)) or None
+
+
+def _split_docs(items: list[QAItem], held_out: float, seed: int) -> tuple[list, list]:
+    docs = sorted({i.doc_id for i in items})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(docs)
+    n_eval = max(1, int(round(len(docs) * held_out))) if len(docs) > 1 else 0
+    eval_docs = set(docs[:n_eval])
+    return ([i for i in items if i.doc_id not in eval_docs],
+            [i for i in items if i.doc_id in eval_docs])
+
+
+def synthetic_items(seed: int, n_docs: int, offset: int = 0, **manual_kw) -> list[QAItem]:
+    from h2mt_jax.data.synthetic import generate_manual, manual_seed
+
+    items = []
+    for i in range(offset, offset + n_docs):
+        man = generate_manual(manual_seed(seed, i), **manual_kw)
+        for q in man.questions:
+            items.append(QAItem(man.doc_id, man.text, q.question, list(q.answers), "synthetic",
+                                "markdown", [tuple(s) for s in q.gold_spans], qid=q.qid))
+    return items
+
+
+def load_items(data, seed: int) -> tuple[list[QAItem], list[QAItem]]:
+    """(train items, evaluation items) for `config.data`."""
+    source = data.source
+    if source == "synthetic":
+        kw = dict(chapters=data.chapters)
+        return (synthetic_items(seed, data.train_docs, 0, **kw),
+                synthetic_items(seed, data.eval_docs, data.train_docs, **kw))
+    if not data.path:
+        raise ValueError(f"data.source={source!r} needs data.path (a local file)")
+    limit = data.limit or None
+    if source == "hotpotqa":
+        from h2mt_jax.data.hotpotqa import load_hotpotqa
+        from h2mt_jax.hierarchy.parse import parse_hotpotqa
+
+        items = []
+        for r in load_hotpotqa(data.path, limit=limit, on_error=data.on_error):
+            _, outline = parse_hotpotqa(r.meta["record"])
+            items.append(QAItem(r.id, r.context, r.question, r.answers, "hotpotqa", "auto",
+                                r.gold_spans, outline, qid=r.id))
+    elif source == "longbench":
+        from h2mt_jax.data.longbench import load_longbench
+
+        items = []
+        for r in load_longbench(data.path, data.dataset or None, on_error=data.on_error,
+                                limit=limit):
+            items.append(QAItem(r.id, r.context, r.question, r.answers, r.dataset,
+                                FMT_BY_DATASET.get(r.dataset, "auto"),
+                                found_gold_spans(r.context, r.answers), qid=r.id))
+    else:
+        raise ValueError(f"unknown data.source {source!r}: synthetic, hotpotqa, longbench")
+    return _split_docs(items, data.held_out, seed)

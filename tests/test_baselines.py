@@ -1,0 +1,162 @@
+"""Every evaluation method of eval.baselines on a tiny random backbone with the real SmolLM2
+tokenizer: sane predictions, BM25 retrieval, LongBench truncation, the compression budget,
+per-document caching and the errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import h2mt_jax
+from h2mt_jax.data import prompts
+from h2mt_jax.data.synthetic import generate_manual
+from h2mt_jax.eval.baselines import METHODS, STOPWORDS, Prediction, chunk_ids, make_method
+from h2mt_jax.hierarchy.build import BuildConfig
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.h2mt import H2MT
+from h2mt_jax.hmt import HMT, HMTConfig
+
+TEMPLATE = prompts.SYNTHETIC_TEMPLATE
+NEW = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(smollm2):
+    lm = h2mt_jax.random_lm(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=2, num_kv_heads=1, head_dim=16, max_position_embeddings=2048)
+    lm.tokenizer = smollm2.tokenizer
+    lm.config = lm.config.__class__(**{**lm.config.to_dict(),
+                                       "eos_token_ids": smollm2.config.eos_token_ids})
+    return lm
+
+
+@pytest.fixture(scope="module")
+def manual():
+    return generate_manual(0, chapters=3)
+
+
+@pytest.fixture(scope="module")
+def h2mt(tiny_lm):
+    return H2MT.create(tiny_lm, H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4,
+                                                             title_tokens=8), k=3))
+
+
+@pytest.fixture(scope="module")
+def methods(tiny_lm, h2mt):
+    hmt = HMT.create(tiny_lm, HMTConfig(segment_length=64, num_sensory=8, recall_dim=16))
+    return {name: make_method(name, tiny_lm, h2mt=h2mt, hmt=hmt, k=3, chunk_tokens=64,
+                              compress_budget=128, fmt="markdown") for name in METHODS}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_gives_a_sane_prediction(methods, manual, name):
+    # Given a synthetic manual and one of its questions with gold spans
+    q = manual.questions[0]
+    m = methods[name]
+    m.prepare("manual-0", manual.text)
+    # When the method answers
+    p = m.answer("manual-0", manual.text, q.question, TEMPLATE, NEW, gold_spans=q.gold_spans)
+    # Then the prediction is complete and consistent
+    assert isinstance(p, Prediction) and m.name == name
+    assert isinstance(p.text, str) and p.text == p.text.strip()
+    assert 0 < p.ttft_s <= p.total_s < 120
+    assert 0 < p.prompt_tokens <= 2048 - NEW
+    assert p.build_s >= 0
+    if name in ("rag_bm25", "rag_dense", "h2mt", "h2mt_flat"):
+        assert len(p.retrieved) == 3 and len(set(p.retrieved)) == 3
+    if name in ("rag_bm25", "rag_dense") or name.startswith("h2mt") or name == "tree_text":
+        assert p.build_s > 0
+    if name in ("h2mt_oracle", "tree_text"):  # gold spans given: the gold leaves are read
+        assert p.meta["route"] == "oracle" and p.retrieved
+    if name.startswith("h2mt") or name == "tree_text":
+        assert {"query_s", "route_s", "prefill_s", "decode_s"} <= set(p.meta)
+    if name == "hmt":  # reading the document is question-time work
+        assert 0 < p.meta["read_s"] < p.ttft_s
+
+
+def test_bm25_retrieves_the_chunk_with_the_distinctive_word(tiny_lm, manual):
+    # Given filler text with one sentence naming a word that nothing else contains
+    paras = manual.text.split("\n\n")
+    needle = ("Zorblaxian note: the zorblaxian resonator of the zorblaxian line is painted "
+              "crimson.")
+    context = "\n\n".join(paras[:len(paras) // 2] + [needle] + paras[len(paras) // 2:])
+    m = make_method("rag_bm25", tiny_lm, k=1, chunk_tokens=32)
+    # When asking about that word
+    p = m.answer("needle", context, "What colour is the zorblaxian resonator painted?",
+                 TEMPLATE, NEW)
+    # Then BM25 ranks the chunk holding it first
+    chunks = chunk_ids(tiny_lm.tokenizer, context, 32)
+    assert len(chunks) > 20
+    top = tiny_lm.tokenizer.decode(chunks[p.retrieved[0]])
+    assert "zorblaxian" in top.lower()
+    assert p.meta["chunks"] == len(chunks)
+
+
+def test_full_cuts_in_the_middle_past_the_window(tiny_lm, manual):
+    q = manual.questions[1]
+    cut = make_method("full", tiny_lm, window=200)
+    p = cut.answer("m", manual.text, q.question, TEMPLATE, NEW)
+    chat = len(prompts.prompt_ids(tiny_lm.tokenizer, TEMPLATE, "", q.question)) - len(
+        tiny_lm.tokenizer(prompts.render(TEMPLATE, "", q.question),
+                          add_special_tokens=False)["input_ids"])
+    assert p.meta["truncated"] and p.prompt_tokens <= 200 + chat + 4
+    whole = make_method("full", tiny_lm).answer("m", manual.text, q.question, TEMPLATE, NEW)
+    assert not whole.meta["truncated"] and whole.prompt_tokens > 1000
+
+
+def test_compress_respects_the_budget_and_keeps_question_words(tiny_lm, manual):
+    # Given a ~1.2k-token manual and a 96-token budget
+    q = manual.questions[0]
+    m = make_method("compress", tiny_lm, compress_budget=96, chunk_tokens=64)
+    p = m.answer("m", manual.text, q.question, TEMPLATE, NEW)
+    # Then the context is exactly the budget and the prompt is budget + template
+    overhead = len(prompts.prompt_ids(tiny_lm.tokenizer, TEMPLATE, "", q.question))
+    assert p.meta["kept_tokens"] == 96
+    assert p.prompt_tokens <= 96 + overhead + 2
+    # coarse stage: the best chunks up to twice the budget
+    chunks = chunk_ids(tiny_lm.tokenizer, manual.text, 64)
+    assert sum(len(chunks[i]) for i in p.retrieved) <= 2 * 96
+    assert p.meta["coarse_tokens"] <= 2 * 96 and p.meta["context_tokens"] > 1000
+    # fine stage: question words present in the kept chunks survive
+    kept_text = "".join(tiny_lm.tokenizer.decode(chunks[i]) for i in sorted(p.retrieved))
+    words = [w for w in re.findall(r"\w+", q.question) if w.lower() not in STOPWORDS]
+    present = [w for w in words if re.search(rf" {w}\b", kept_text)]
+    assert present and p.meta["forced_tokens"] > 0
+    for w in present:
+        assert w in p.meta["context"], (w, p.meta["context"])
+    # a context within the budget is kept whole
+    short = make_method("compress", tiny_lm, compress_budget=512)
+    s = short.answer("s", "The pump is blue.", "What colour is the pump?", TEMPLATE, NEW)
+    assert s.meta["context"] == "The pump is blue." and s.meta["coarse_s"] == 0.0
+
+
+def test_prepare_is_cached_per_document(tiny_lm, h2mt, manual, monkeypatch):
+    rag = make_method("rag_dense", tiny_lm, k=2)
+    rag.prepare("d", manual.text)
+    first = rag._cache["d"]
+    rag.prepare("d", manual.text)
+    assert rag._cache["d"] is first
+    calls = []
+    build = h2mt.build
+    monkeypatch.setattr(h2mt, "build", lambda *a, **kw: calls.append(1) or build(*a, **kw))
+    m = make_method("h2mt", tiny_lm, h2mt=h2mt, k=2)
+    m.prepare("d", manual.text)
+    m.prepare("d", manual.text)
+    p = m.answer("d", manual.text, manual.questions[0].question, TEMPLATE, NEW)
+    assert len(calls) == 1 and p.build_s == m._cache["d"][1] > 0
+    m.answer("other", manual.text, manual.questions[1].question, TEMPLATE, NEW)
+    assert len(calls) == 2  # a new document id is built on first use
+
+
+def test_errors(tiny_lm, h2mt, manual):
+    oracle = make_method("h2mt_oracle", tiny_lm, h2mt=h2mt)
+    with pytest.raises(ValueError, match="h2mt_oracle"):
+        oracle.answer("m", manual.text, manual.questions[0].question, TEMPLATE, NEW)
+    with pytest.raises(ValueError, match="unknown method 'bm42'") as err:
+        make_method("bm42", tiny_lm)
+    assert all(name in str(err.value) for name in METHODS)
+    with pytest.raises(ValueError, match="needs an HMT"):
+        make_method("hmt", tiny_lm)
+    with pytest.raises(ValueError, match="needs an H2MT"):
+        make_method("tree_text", tiny_lm)

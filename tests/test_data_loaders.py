@@ -1,0 +1,279 @@
+"""Dataset loaders (DESIGN.md §5): real samples, malformed input, offline hub names, WikiText."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import sys
+import threading
+import time
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from h2mt_jax.data import records
+from h2mt_jax.data.hotpotqa import load_hotpotqa
+from h2mt_jax.data.longbench import LONGBENCH_QA, load_longbench
+from h2mt_jax.data.records import DataError, DataWarning, QARecord, hub_available
+from h2mt_jax.data.wikitext import load_wikitext, split_tokens
+from h2mt_jax.hierarchy.parse import parse_hotpotqa
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def shared(*parts: str) -> Path:
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared data samples are not next to this checkout")
+    return path
+
+
+def good(i: int, **extra) -> dict:
+    return {"input": f"question {i}?", "context": f"Passage {i}.", "answers": [f"answer {i}"],
+            "length": 2, "dataset": "toy", "language": "en", "all_classes": None,
+            "_id": f"id-{i}", **extra}
+
+
+@pytest.fixture
+def malformed(tmp_path) -> Path:
+    """Good records on lines 1, 3, 7, 9 and 10; line 9 holds invalid UTF-8 inside a string."""
+    lines = [json.dumps(good(1)).encode(),
+             b'{"input": "broken", "context": ',  # 2: bad JSON
+             json.dumps(good(3)).encode(),
+             b'["not", "an", "object"]',  # 4
+             json.dumps({k: v for k, v in good(5).items() if k != "answers"}).encode(),  # 5
+             json.dumps(good(6, answers="a string")).encode(),  # 6
+             json.dumps(good(7)).encode(),
+             b"",  # 8: blank, ignored
+             json.dumps(good(9)).encode().replace(b"Passage 9", b"Passage \xff\xfe 9"),
+             json.dumps(good(10)).encode()]
+    path = tmp_path / "toy.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- real samples
+@pytest.mark.parametrize("name,count", [("hotpotqa", 13), ("qasper", 9), ("narrativeqa", 6),
+                                        ("2wikimqa", 13), ("musique", 7), ("multifieldqa_en", 7)])
+def test_longbench_samples_load(name, count):
+    path = shared("longbench", f"{name}.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the real files are clean
+        recs = load_longbench(str(path), on_error="stop")
+    assert name in LONGBENCH_QA
+    assert len(recs) == count == sum(1 for line in open(path) if line.strip())
+    raw = [json.loads(line) for line in open(path)]
+    assert [r.id for r in recs] == [o["_id"] for o in raw]  # file order
+    for r, o in zip(recs, raw):
+        assert isinstance(r, QARecord) and r.dataset == name and r.gold_spans is None
+        assert (r.question, r.context, r.answers, r.length) == (o["input"], o["context"],
+                                                                o["answers"], o["length"])
+        assert r.answers and r.context
+    assert recs[2].meta["line"] == 3 and recs[0].meta["source"] == str(path)
+    assert len(load_longbench(path, limit=2)) == 2
+    assert [r.id for r in load_longbench(path.parent, name)] == [r.id for r in recs]
+    assert {r.dataset for r in load_longbench(path, dataset="mine")} == {"mine"}
+
+
+def test_hotpotqa_sample_loads_with_gold_spans():
+    path = shared("hotpotqa", "hotpot_dev_distractor_first100.json")
+    raw = json.loads(path.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recs = load_hotpotqa(str(path), on_error="stop")
+    assert len(recs) == len(raw) == 100
+    assert len({r.id for r in recs}) == 100
+    for r, o in zip(recs, raw):
+        assert r.question == o["question"] and r.answers == [o["answer"]]
+        assert r.dataset == "hotpotqa" and r.meta["record"] == o
+        assert parse_hotpotqa(r.meta["record"])[0] == r.context
+        facts = list(zip(o["supporting_facts"]["title"], o["supporting_facts"]["sent_id"]))
+        assert len(r.gold_spans) == len(facts)
+        sents = dict(zip(o["context"]["title"], o["context"]["sentences"]))
+        for (title, sid), (s, e) in zip(facts, r.gold_spans):
+            assert r.context[s:e] == sents[title][sid].strip()
+            assert sents[title][sid].strip() in r.context[s:e]
+    assert len(load_hotpotqa(path, limit=5)) == 5
+
+
+# ----------------------------------------------------------------------------- malformed input
+def test_skip_keeps_good_lines_and_warns_once(malformed):
+    with pytest.warns(DataWarning) as caught:
+        recs = load_longbench(malformed)
+    assert [r.id for r in recs] == ["id-1", "id-3", "id-7", "id-9", "id-10"]
+    assert "\ufffd" in recs[3].context
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert str(malformed) in msg and "skipped 4 of 9" in msg
+    for part in ("line 2: bad JSON", "line 4: not a JSON object", "line 5: no answers",
+                 "line 6: 'answers' must be a list", "invalid UTF-8", "lines 9"):
+        assert part in msg, part
+
+
+def test_stop_raises_with_file_and_line(malformed):
+    with pytest.raises(DataError, match=rf"{malformed}:2: bad JSON"):
+        load_longbench(malformed, on_error="stop")
+    lines = malformed.read_bytes().split(b"\n")
+    del lines[1:4]  # now: good, no answers (line 2), ...
+    malformed.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=rf"{malformed}:2: no answers"):
+        load_longbench(malformed, on_error="stop")
+    del lines[1]
+    malformed.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=rf"{malformed}:2: 'answers' must be a list"):
+        load_longbench(malformed, on_error="stop")
+
+
+def test_require_answers_false_and_bad_types(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join(json.dumps(o) for o in [
+        {"input": "q", "context": "c"},  # no answers, no id
+        {"input": 3, "context": "c", "answers": ["a"]},
+        {"context": "c", "answers": ["a"]},
+        good(4, length="long")]))
+    with pytest.warns(DataWarning, match="skipped 3 of 4"):
+        recs = load_longbench(path, require_answers=False)
+    assert [(r.id, r.answers, r.dataset, r.length) for r in recs] == [("x-1", [], "x", None)]
+    with pytest.raises(DataError, match=r"x.jsonl:2: 'input' must be a string"):
+        load_longbench(path, require_answers=False, on_error="stop")
+    with pytest.raises(DataError, match=r"x.jsonl:1: no answers"):
+        load_longbench(path, on_error="stop")
+    with pytest.raises(ValueError, match="on_error"):
+        load_longbench(path, on_error="ignore")
+
+
+def test_hotpotqa_malformed_records(tmp_path):
+    path = tmp_path / "h.json"
+    rec = {"question": "q?", "answer": "a", "context": {"title": ["T"], "sentences": [["S1. ",
+                                                                                      "S2."]]},
+           "supporting_facts": {"title": ["T"], "sent_id": [1]}}
+    path.write_text(json.dumps([rec, 5, {**rec, "answer": ""}, {"question": "q"}, rec]))
+    with pytest.warns(DataWarning, match=r"skipped 3 of 5 .*record 2: not a JSON object"):
+        recs = load_hotpotqa(path)
+    assert [r.id for r in recs] == ["h-1", "h-5"]
+    assert recs[0].context == "T\nS1. S2." and recs[0].gold_spans == [(6, 9)]
+    with pytest.raises(DataError, match=r"h.json: record 2: not a JSON object \(got int\)"):
+        load_hotpotqa(path, on_error="stop")
+    path.write_text('[\n{"question": \n')
+    with pytest.raises(DataError, match=r"h.json:3: bad JSON"):
+        load_hotpotqa(path)
+
+
+# ----------------------------------------------------------------------------- paths and hub
+@pytest.mark.parametrize("load", [load_longbench, load_hotpotqa, load_wikitext])
+def test_unknown_path_raises_with_path(load, tmp_path):
+    missing = tmp_path / "nowhere" / "data.jsonl"
+    with pytest.raises(DataError, match=str(missing)):
+        load(str(missing))
+    with pytest.raises(DataError, match="not-a-dataset"):
+        load("not-a-dataset")
+
+
+def test_hub_name_offline_raises_quickly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for call in (lambda: load_longbench("qasper"), lambda: load_hotpotqa("validation"),
+                 lambda: load_wikitext("wikitext-2-raw-v1:test")):
+        t0 = time.perf_counter()
+        with pytest.raises(DataError, match="local path"):
+            call()
+        assert time.perf_counter() - t0 < 1.0
+    assert hub_available() is False
+
+
+class _Head(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):  # noqa: N802 - http.server's naming
+        self.send_response(200 if self.path == "/" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_hub_probe_does_not_hang(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as stall:  # listens but never answers: the request stalls
+        stall.bind(("127.0.0.1", 0))
+        stall.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{stall.getsockname()[1]}")
+        t0 = time.perf_counter()
+        assert hub_available(timeout=0.5) is False
+        assert time.perf_counter() - t0 < 1.5
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Head)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert hub_available() is True
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}/missing")
+        assert hub_available() is False  # an error status (e.g. a proxy's 404) is no hub
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "true")
+        assert hub_available() is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.delenv("HF_ENDPOINT")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    t0 = time.perf_counter()
+    assert isinstance(hub_available(), bool)  # False on a machine without internet
+    assert time.perf_counter() - t0 < records.HUB_TIMEOUT_S + 1.0
+
+
+def test_hub_needs_datasets_package(monkeypatch):
+    monkeypatch.setattr(records, "hub_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+    with pytest.raises(DataError, match="pip install datasets"):
+        load_longbench("hotpotqa")
+
+
+def test_hub_rows_convert_like_files(monkeypatch):
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        if args[0] == "wikitext":
+            return [{"text": ""}, {"text": " = A = \n"}, {"text": ""}, {"text": " b c \n"}]
+        if args[0] == "THUDM/LongBench":
+            return [good(1, dataset="qasper"), {"input": "q", "context": "c"}, good(3)]
+        raise ConnectionError("no route")
+
+    monkeypatch.setattr(records, "hub_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.warns(DataWarning, match="record 2: no answers"):
+        recs = load_longbench("qasper")
+    assert [(r.id, r.dataset) for r in recs] == [("id-1", "qasper"), ("id-3", "toy")]
+    assert calls[-1] == (("THUDM/LongBench", "qasper"), {"split": "test"})
+    assert load_wikitext("wikitext-2-raw-v1:test") == " = A = \n b c \n"
+    with pytest.raises(DataError, match="ConnectionError: no route.*local path"):
+        load_hotpotqa("dev[:10]")
+    assert calls[-1] == (("hotpotqa/hotpot_qa", "distractor"), {"split": "validation[:10]"})
+
+
+# ----------------------------------------------------------------------------- WikiText
+def test_wikitext_sample_and_split_tokens():
+    path = shared("wikitext2", "wiki.test.raw")
+    text = load_wikitext(str(path))
+    assert "\r" not in text and text.startswith(" = Robert Boulter = \n Robert Boulter is")
+    assert text.count("\n") == path.read_bytes().count(b"\n")
+    ids = np.arange(10)
+    train, held = split_tokens(ids, 3)
+    assert train.tolist() == list(range(7)) and held.tolist() == [7, 8, 9]
+    assert split_tokens([1, 2, 3], 0) == ([1, 2, 3], [])
+    for bad in (10, 11):
+        with pytest.raises(ValueError, match="too short"):
+            split_tokens(ids, bad)
+    with pytest.raises(ValueError):
+        split_tokens(ids, -1)
+
+
+def test_wikitext_local_quirks(tmp_path):
+    path = tmp_path / "w.raw"
+    path.write_bytes(b" = T = \r\n caf\xe9 \r\n")
+    with pytest.warns(DataWarning, match="invalid UTF-8"):
+        assert load_wikitext(path) == " = T = \n caf\ufffd \n"
+    path.write_bytes(b" \n\n")
+    with pytest.raises(DataError, match="no text"):
+        load_wikitext(path)
