@@ -27,8 +27,6 @@ Prints one JSON line per (method, length), then a summary with the targets.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -38,36 +36,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from h2mt_jax.eval.memory import PeakMemory  # noqa: E402
+
 METHODS = ("empty", "full", "rag_bm25", "hmt", "h2mt")
 NEW_TOKENS = 16
-
-
-def _status_kb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    return float("nan")
-
-
-class PeakMemory:
-    """Peak resident memory inside a `with` block (Linux)."""
-
-    def __enter__(self):
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        self.before = _status_kb("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.peak = _status_kb("VmHWM")
-        self.working_mb = (self.peak - self.before) / 1024
-        self.peak_mb = self.peak / 1024
 
 
 def make_document(lm, n_tokens: int, seed: int = 0):

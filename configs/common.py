@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.hmt.recall_context = 100
     c.hmt.sum_fraction = 0.5
     c.hmt.stage = 2
+    c.hmt_checkpoint = ""  # evaluate.py: an HMT checkpoint for method "hmt" (e.g. a wikitext run)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 300
@@ -83,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_examples = 0  # 0: all
     c.eval.max_new_tokens = 0  # 0: the dataset's LongBench generation length
     c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods
+    c.eval.warmup = True  # one unrecorded answer per method first (compilation not timed)
     return c
 
 

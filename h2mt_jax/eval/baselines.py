@@ -368,6 +368,10 @@ class H2MTMethod(_Base):
     def _build(self, context):
         return self.h2mt.build(context, fmt=self.fmt)
 
+    def index(self, doc_id: str):
+        """The index built for `doc_id` by `prepare`."""
+        return self._cache[doc_id][0]
+
     def answer(self, doc_id, context, question, template, max_new_tokens, gold_spans=None):
         route, ctx = self.ROUTES[self.name]
         if route == "oracle" and gold_spans is None:

@@ -68,8 +68,9 @@ def synthetic_items(seed: int, n_docs: int, offset: int = 0, **manual_kw) -> lis
     return items
 
 
-def load_items(data, seed: int) -> tuple[list[QAItem], list[QAItem]]:
-    """(train items, evaluation items) for `config.data`."""
+def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[QAItem]]:
+    """(train items, evaluation items) for `config.data`; with `split=False` every item of a
+    file is returned as evaluation item (synthetic data is always generated as two sets)."""
     source = data.source
     if source == "synthetic":
         kw = dict(chapters=data.chapters)
@@ -98,4 +99,4 @@ def load_items(data, seed: int) -> tuple[list[QAItem], list[QAItem]]:
                                 found_gold_spans(r.context, r.answers), qid=r.id))
     else:
         raise ValueError(f"unknown data.source {source!r}: synthetic, hotpotqa, longbench")
-    return _split_docs(items, data.held_out, seed)
+    return _split_docs(items, data.held_out, seed) if split else ([], items)

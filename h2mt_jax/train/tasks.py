@@ -48,11 +48,11 @@ def init_trainable(params_tree: dict, lm, t, key) -> dict:
     """The trainable pytree: {"h2mt"|"hmt": ..., "lora"?: ..., "backbone"?: ...}."""
     if t.trainable not in ("memory", "memory+lora", "all"):
         raise ValueError(f"train.trainable must be memory, memory+lora or all, got {t.trainable!r}")
-    out = dict(params_tree)
+    out = jax.tree.map(jnp.copy, dict(params_tree))  # copies: the train state is donated
     if t.trainable == "memory+lora":
         out["lora"] = init_lora(lm.params, t.lora_rank, key)
-    if t.trainable == "all":
-        out["backbone"] = lm.params
+    if t.trainable == "all":  # a copy: the train state is donated to each step
+        out["backbone"] = jax.tree.map(jnp.copy, lm.params)
     return out
 
 
@@ -115,11 +115,11 @@ class H2MTQATask:
     def init(self, key) -> dict:
         tr = init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key)
         if self.h2mt.lora is not None and "lora" in tr:
-            tr["lora"] = self.h2mt.lora
+            tr["lora"] = jax.tree.map(jnp.copy, self.h2mt.lora)
         return tr
 
     def frozen(self):
-        return self.lm.params
+        return {} if self.config.train.trainable == "all" else self.lm.params
 
     def loss(self, trainable, frozen, batch):
         t = self.config.train
@@ -215,7 +215,7 @@ class HMTLMTask:
         return init_trainable({"hmt": self.hmt.params}, self.lm, self.config.train, key)
 
     def frozen(self):
-        return self.lm.params
+        return {} if self.config.train.trainable == "all" else self.lm.params
 
     def loss(self, trainable, frozen, batch):
         from flax import nnx

@@ -1,0 +1,231 @@
+"""The evaluation run behind evaluate.py: methods × examples -> predictions, summary, table, plot.
+
+Every finished example is appended to `<output>.partial.jsonl` at once, so an interrupted run
+resumes where it stopped (done (method, id) pairs are skipped). At the end `<output>` gets
+`{"summary": ..., "examples": [...]}`, with a Markdown table (`.md`) and a PNG plot of quality
+against time to first token (`.png`) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from h2mt_jax.data import prompts
+from h2mt_jax.eval.metrics import DATASET_METRIC, qa_f1_score, rouge_l_score
+
+QUALITY_KEY = "f1"
+
+
+def eval_items(config):
+    """The items to evaluate: a whole LongBench/HotpotQA file, or the held-out synthetic docs."""
+    from h2mt_jax.train.data import load_items
+
+    items = load_items(config.data, config.seed, split=False)[1]
+    if config.eval.get("max_examples", 0):
+        items = items[:config.eval.max_examples]
+    return items
+
+
+def _load_models(config, lm, methods):
+    """(h2mt, hmt): from checkpoints when given, else fresh parameters."""
+    from h2mt_jax.hierarchy.h2mt import H2MT
+    from h2mt_jax.hmt import HMT, HMTConfig
+    from h2mt_jax.train.tasks import h2mt_config
+
+    h2mt = hmt = None
+    if any(m.startswith("h2mt") or m == "tree_text" for m in methods):
+        ckpt = config.checkpoint
+        if ckpt and os.path.isfile(os.path.join(ckpt, "h2mt.json")):
+            h2mt = H2MT.load(ckpt, lm)
+        elif ckpt and os.path.isfile(os.path.join(ckpt, "model", "h2mt.json")):
+            h2mt = H2MT.load(os.path.join(ckpt, "model"), lm)
+        elif ckpt:
+            raise FileNotFoundError(f"config.checkpoint={ckpt!r} holds no H2MT checkpoint "
+                                    "(h2mt.json)")
+        else:
+            h2mt = H2MT.create(lm, h2mt_config(config.h2mt), seed=config.seed)
+    if "hmt" in methods:
+        ckpt = config.get("hmt_checkpoint", "")
+        if ckpt:
+            sub = ckpt if os.path.isfile(os.path.join(ckpt, "hmt.json")) else os.path.join(
+                ckpt, "model")
+            hmt = HMT.load(sub, lm)
+        else:
+            h = config.hmt
+            hmt = HMT.create(lm, HMTConfig(segment_length=h.segment_length,
+                                           num_sensory=h.num_sensory, recall_dim=h.recall_dim,
+                                           recall_context=h.recall_context,
+                                           sum_fraction=h.sum_fraction, stage=h.stage))
+    return h2mt, hmt
+
+
+def _done(partial: str) -> dict:
+    done = {}
+    if os.path.isfile(partial):
+        with open(partial) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by the interruption
+                    continue
+                done[(row["method"], row["id"])] = row
+    return done
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per method: quality, TTFT median / p90, peak memory, generation and build time, recall."""
+    out = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == m]
+        ok = [r for r in rs if "error" not in r]
+        ttft = sorted(r["ttft_s"] for r in ok) or [float("nan")]
+        s = {"n": len(rs), "errors": len(rs) - len(ok),
+             "f1": 100 * float(np.mean([r["f1"] for r in ok])) if ok else float("nan"),
+             "rouge_l": 100 * float(np.mean([r["rouge_l"] for r in ok])) if ok else float("nan"),
+             "ttft_median_s": statistics.median(ttft),
+             "ttft_p90_s": float(np.percentile(ttft, 90)),
+             "peak_mem_mb": max((r.get("peak_mem_mb", 0.0) for r in ok), default=0.0),
+             "generation_s": float(sum(r["total_s"] for r in ok)),
+             "build_s": float(sum({r["doc_id"]: r.get("build_s", 0.0) for r in ok}.values()))}
+        for k in ("recall@2", "recall@4"):
+            vals = [r[k] for r in ok if r.get(k) is not None]
+            if vals:
+                s["routing_" + k] = float(np.mean(vals))
+        out[m] = s
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    cols = ["n", "f1", "rouge_l", "ttft_median_s", "ttft_p90_s", "peak_mem_mb", "generation_s",
+            "build_s", "routing_recall@2", "routing_recall@4"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for m, s in summary.items():
+        cells = []
+        for c in cols:
+            v = s.get(c)
+            cells.append("–" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3g}"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, s in summary.items():
+        ax.scatter(s["ttft_median_s"], s["f1"], s=60)
+        ax.annotate(m, (s["ttft_median_s"], s["f1"]), xytext=(5, 5), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("time to first token, median (s, log scale)")
+    ax.set_ylabel("F1 (LongBench qa_f1 × 100)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _warm_up(method, it, extra, config, maxlen) -> None:
+    """One unrecorded answer, so compilation is not counted in the first example's TTFT."""
+    template = prompts.template_for(it.dataset, *extra)
+    try:
+        method.prepare(it.doc_id, it.context)
+        method.answer(it.doc_id, it.context, it.question, template,
+                      config.eval.max_new_tokens or maxlen.get(it.dataset, 32),
+                      gold_spans=it.gold_spans)
+    except ValueError:
+        pass
+
+
+def run_evaluation(config, lm=None, progress: bool = True) -> dict:
+    """Evaluates every method of `config.method` on the configured data; returns the output."""
+    from h2mt_jax.eval.baselines import METHODS, make_method
+    from h2mt_jax.eval.memory import PeakMemory
+    from h2mt_jax.train.tasks import load_backbone
+
+    methods = [m.strip() for m in config.method.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    output = config.output or os.path.join(config.workdir, "eval.json")
+    partial = output + ".partial.jsonl"
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    items = eval_items(config)
+    if not items:
+        raise ValueError("no evaluation items: check config.data")
+    lm = lm or load_backbone(config)
+    h2mt, hmt = _load_models(config, lm, methods)
+    extra = [config.data.prompt_dir] if config.data.prompt_dir else []
+    if config.data.source == "longbench":
+        extra.append(os.path.dirname(os.path.abspath(config.data.path)))
+    maxlen = prompts.load_max_new_tokens(*extra)
+    done = _done(partial)
+    rows = list(done.values())
+    k = config.eval.get("k", 4)
+    for name in methods:
+        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, fmt=items[0].fmt)
+        todo = [it for it in items if (name, it.qid or it.doc_id) not in done]
+        if todo and config.eval.get("warmup", True):
+            _warm_up(method, todo[0], extra, config, maxlen)
+        for it in tqdm(todo, desc=f"evaluating {name}", disable=not progress):
+            template = prompts.template_for(it.dataset, *extra)
+            new_tokens = config.eval.max_new_tokens or maxlen.get(it.dataset, 32)
+            row = {"method": name, "id": it.qid or it.doc_id, "doc_id": it.doc_id,
+                   "dataset": it.dataset, "question": it.question, "answers": it.answers}
+            try:
+                t0 = time.perf_counter()
+                method.prepare(it.doc_id, it.context)
+                row["build_s"] = time.perf_counter() - t0 if name != "full" else 0.0
+                with PeakMemory() as mem:
+                    pred = method.answer(it.doc_id, it.context, it.question, template,
+                                         new_tokens, gold_spans=it.gold_spans)
+                metric = DATASET_METRIC.get(it.dataset, qa_f1_score)
+                row.update(prediction=pred.text, ttft_s=pred.ttft_s, total_s=pred.total_s,
+                           prompt_tokens=pred.prompt_tokens, peak_mem_mb=mem.working_mb,
+                           f1=max(metric(pred.text, a) for a in it.answers),
+                           rouge_l=max(rouge_l_score(pred.text, a) for a in it.answers))
+                if pred.build_s:
+                    row["build_s"] = pred.build_s
+                if it.gold_spans and pred.retrieved is not None and name.startswith("h2mt"):
+                    index = method.index(it.doc_id)
+                    if index is not None:
+                        gold = set(index.leaves_for_spans(it.gold_spans))
+                        if gold:
+                            for kk in (2, 4):
+                                row[f"recall@{kk}"] = (len(gold & set(pred.retrieved[:kk]))
+                                                       / min(len(gold), kk))
+            except ValueError as e:  # e.g. an oracle without gold: recorded, not fatal
+                row["error"] = str(e)[:300]
+            with open(partial, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            rows.append(row)
+    summary = summarize(rows)
+    result = {"summary": summary if len(methods) > 1 else {**summary[methods[0]],
+                                                            "method": methods[0]},
+              "by_method": summary, "examples": rows}
+    _atomic_write(output, json.dumps(result, indent=1))
+    base = os.path.splitext(output)[0]
+    table = markdown_table(summary)
+    _atomic_write(base + ".md", table + "\n")
+    plot(summary, base + ".png", f"{config.data.source}: {len(items)} questions")
+    if os.path.isfile(partial):
+        os.remove(partial)
+    return {"summary": summary, "table": table, "output": output}

@@ -1,0 +1,201 @@
+"""The pipeline: configs, two-step tiny training, exact resume, preemption, corrupt checkpoints,
+the 8-device sharded step, the evaluation contract and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from conftest import ROOT, shared_data
+
+CONFIGS = ["demo", "hotpotqa", "narrativeqa", "qasper", "longbench", "wikitext"]
+
+
+def load_config(name: str, variant: str | None = None):
+    sys.path.insert(0, str(ROOT))
+    import importlib
+
+    mod = importlib.import_module(f"configs.{name}")
+    return mod.get_config(variant)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_load_and_tiny_trains_two_steps(name, tmp_path, smollm2):
+    from h2mt_jax.train.trainer import train_and_evaluate
+
+    full = load_config(name)
+    assert full.task in ("h2mt_qa", "hmt_lm") and full.train.steps > 2
+    c = load_config(name, "tiny")
+    if c.data.path and not os.path.exists(c.data.path):
+        shared_data("longbench")  # skips with the reason when the shared data is absent
+    results = train_and_evaluate(c, str(tmp_path / name), progress=False)
+    assert len(results["train_losses"]) == 2
+    assert all(v == v for v in results["train_losses"])  # finite, not NaN
+    assert os.path.isdir(tmp_path / name / "model")
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2]
+
+
+def test_unknown_variant_and_field():
+    with pytest.raises(ValueError, match="unknown variant 'huge'"):
+        load_config("demo", "huge")
+    out = subprocess.run([sys.executable, "train.py", "--config=configs/demo.py",
+                          "--config.train.no_such_field=1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "no_such_field" in out.stderr
+
+
+def _tiny_run(tmp_path, steps, stop_after=0, workdir="run"):
+    from h2mt_jax.train.trainer import train_and_evaluate
+
+    c = load_config("demo", "tiny")
+    c.train.steps, c.train.stop_after, c.train.checkpoint_every = steps, stop_after, 2
+    c.eval.max_examples = 1
+    return train_and_evaluate(c, str(tmp_path / workdir), progress=False)
+
+
+def _losses(workdir):
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, smollm2):
+    # Given an uninterrupted 4-step run and a run stopped after 2 steps then resumed
+    _tiny_run(tmp_path, 4, workdir="straight")
+    stopped = _tiny_run(tmp_path, 4, stop_after=2, workdir="resumed")
+    assert stopped["preempted_at"] == 2
+    _tiny_run(tmp_path, 4, workdir="resumed")
+    # Then both logged the same four losses (same batches, same optimizer state)
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert len(resumed) == 4
+    assert straight == pytest.approx(resumed, rel=1e-6, abs=1e-7)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, smollm2):
+    _tiny_run(tmp_path, 4, workdir="run")
+    ckpts = tmp_path / "run" / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert steps[-1] == 4 and 2 in steps
+    for f in (ckpts / "4" / "state").rglob("*"):  # damage every file of the newest one
+        if f.is_file():
+            f.write_bytes(b"\0garbage")
+    from h2mt_jax.train.checkpoint import Checkpointer
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        import jax
+
+        from h2mt_jax.train import trainer
+        from h2mt_jax.train.tasks import make_task
+
+        c = load_config("demo", "tiny")
+        task = make_task(c, progress=False)
+        opt = trainer.make_optimizer(c.train)
+        mesh = trainer.sharding.make_mesh()
+        state, sh, _ = trainer.init_state(task, opt, mesh, jax.random.PRNGKey(0))
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state, sh)
+        got = Checkpointer(str(ckpts)).restore_latest(abstract)
+    assert got is not None and got[0] == 2
+    assert any("step 4" in str(x.message) for x in w)
+
+
+def test_sigterm_saves_and_exits(tmp_path, smollm2):
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from configs.demo import get_config
+from h2mt_jax.train import trainer
+c = get_config("tiny"); c.train.steps = 50; c.train.checkpoint_every = 1000; c.eval.max_examples = 1
+orig = trainer.MetricsLogger.write
+def write(self, step, scalars, prefix="train"):
+    orig(self, step, scalars, prefix)
+    if step == 2: os.kill(os.getpid(), signal.SIGTERM)
+trainer.MetricsLogger.write = write
+r = trainer.train_and_evaluate(c, {str(tmp_path / 'run')!r}, progress=False)
+print("RESULT", r.get("preempted_at"))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RESULT 2" in out.stdout
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+
+
+def test_sharded_step_equals_single_device(tmp_path):
+    # Run in a fresh process: the 8 simulated devices must exist before JAX starts.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "sharded_step_check.py")],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "MAX_DIFF" in out.stdout
+    diff = float(out.stdout.split("MAX_DIFF")[1].split()[0])
+    assert diff < 1e-5
+
+
+def test_evaluate_contract_resume_and_outputs(tmp_path, smollm2):
+    data = shared_data("longbench", "hotpotqa.jsonl")
+    out = tmp_path / "eval" / "out.json"
+    cmd = [sys.executable, "evaluate.py", "--config=configs/longbench.py:tiny",
+           f"--config.data.path={data}", "--config.method=rag_bm25,h2mt",
+           f"--config.output={out}", "--config.eval.max_examples=2"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res) >= {"summary", "examples"}
+    assert {e["method"] for e in res["examples"]} == {"rag_bm25", "h2mt"}
+    assert set(res["summary"]) == {"rag_bm25", "h2mt"}
+    for s in res["summary"].values():
+        assert {"f1", "rouge_l", "ttft_median_s", "ttft_p90_s", "peak_mem_mb", "generation_s",
+                "build_s"} <= set(s)
+    assert (tmp_path / "eval" / "out.md").read_text().startswith("| method |")
+    assert (tmp_path / "eval" / "out.png").stat().st_size > 1000
+    # An interrupted run resumes: a partial file with one done example is not redone
+    done = res["examples"][0]
+    partial = str(out) + ".partial.jsonl"
+    with open(partial, "w") as f:
+        f.write(json.dumps({**done, "prediction": "KEPT"}) + "\n")
+        f.write('{"method": "rag_bm25", "id": "cut-off-line')  # a line cut by the crash
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads(out.read_text())
+    kept = [e for e in again["examples"] if e["id"] == done["id"] and e["method"] == done["method"]]
+    assert len(kept) == 1 and kept[0]["prediction"] == "KEPT"
+    assert len(again["examples"]) == len(res["examples"])
+
+
+def test_evaluate_bad_inputs(tmp_path, smollm2):
+    bad = tmp_path / "bad.jsonl"
+    good = {"input": "Who?", "context": "Passage 1:\nA\nAnn wrote it.", "answers": ["Ann"],
+            "dataset": "hotpotqa", "_id": "g1"}
+    bad.write_text(json.dumps(good) + "\n{not json\n"
+                   + json.dumps({**good, "_id": "g2", "answers": []}) + "\n"
+                   + json.dumps({**good, "_id": "g3"}) + "\n")
+    base = [sys.executable, "evaluate.py", "--config=configs/longbench.py:tiny",
+            f"--config.data.path={bad}", f"--config.output={tmp_path / 'o.json'}"]
+    r = subprocess.run(base + ["--config.method=rag_bm25"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bad.jsonl" in r.stderr and "line 2" in r.stderr  # the malformed line is reported
+    res = json.loads((tmp_path / "o.json").read_text())
+    assert sorted(e["id"] for e in res["examples"]) == ["g1", "g3"]  # the rest is kept
+    r = subprocess.run(base + ["--config.method=rag_bm25", "--config.data.on_error=stop"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "bad.jsonl:2" in r.stderr
+    r = subprocess.run(base + ["--config.method=no_such_method"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode != 0 and "no_such_method" in r.stderr and "h2mt_oracle" in r.stderr
+    # a checkpoint trained on another backbone is refused with both sizes named
+    from h2mt_jax.hierarchy.config import H2MTConfig
+    from h2mt_jax.hierarchy.h2mt import H2MT
+
+    H2MT.create(smollm2, H2MTConfig()).save(tmp_path / "other")
+    r = subprocess.run(base + ["--config.method=h2mt", f"--config.checkpoint={tmp_path / 'other'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "d=576" in r.stderr and "d=64" in r.stderr
