@@ -92,9 +92,13 @@ def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherite
     """The subtree of a section (None when it holds no text); `cursor[0]` is the end of the
     last span used, so a bare heading's span is looked up after it."""
     title = sec.title or inherited
+    # Leaves start with their heading path (parent / section), so a leaf under "Overview" still
+    # names the chapter it belongs to.
+    path = " / ".join(t.strip() for t in (inherited if sec.title else None, sec.title or None)
+                      if t and t.strip())
     title_ids = []
-    if cfg.title_tokens and title:
-        title_ids = _encode(tokenizer, title.strip() + "\n")[:cfg.title_tokens]
+    if cfg.title_tokens and (path or title):
+        title_ids = _encode(tokenizer, (path or title).strip() + "\n")[-cfg.title_tokens:]
     kids = _leaves(text, sec.spans, tokenizer, cfg, title_ids, title)
     if sec.spans:
         cursor[0] = max(cursor[0], sec.spans[-1][1])
