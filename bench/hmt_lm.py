@@ -6,7 +6,7 @@ of the file, then compares perplexity on a held-out slice at its end:
 - `hmt_untrained` and `hmt_trained`: stage-2 HMT with the same L tokens per segment.
 Prints JSON.
 
-    python bench/hmt_lm.py [--steps 60] [--eval-tokens 8192] [--lora-rank 0]
+    python bench/hmt_lm.py [--steps 60] [--eval-tokens 8192] [--lora-rank 0] [--save DIR]
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def main():
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--save", default=None,
+                    help="save the trained HMT here (for evaluate.py --config.hmt_checkpoint)")
     args = ap.parse_args()
 
     import h2mt_jax
@@ -95,6 +97,8 @@ def main():
     trained, hist = train_lm(hmt, train_ids, tc)
     train_s = time.perf_counter() - start
     after = trained.perplexity(eval_ids[None], progress=True)
+    if args.save:
+        trained.save(args.save)
     losses = [h["loss"] for h in hist]
     out = {"bench": "hmt_lm", "model": "smollm2-135m-instruct", "data": "wikitext2 wiki.test.raw",
            "train_tokens_available": int(len(train_ids)), "eval_tokens": int(len(eval_ids)),

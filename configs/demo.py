@@ -12,11 +12,15 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.workdir = "runs/demo"
     c.data.source = "synthetic"
-    c.data.train_docs = 40
-    c.data.eval_docs = 5
-    c.train.steps = 240
+    # Sized for the README's promise of at most 15 minutes on a 2-core CPU: building the 16
+    # training indexes takes about 2 minutes, a step of batch 4 about 4 s, each evaluation of the
+    # 36 held-out questions about a minute.
+    c.data.train_docs = 16
+    c.data.eval_docs = 4
+    c.train.steps = 120
     c.train.batch_size = 4
     c.train.lr = 3e-3
+    c.train.weight_decay = 0.1
     c.train.trainable = "memory"
     c.eval.before_training = True
     if arg == "tiny":
