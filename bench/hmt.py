@@ -47,7 +47,10 @@ def one_length(n: int) -> dict:
     lm = h2mt_jax.load_lm("smollm2-135m-instruct")
     hmt = HMT.create(lm, HMTConfig(segment_length=SEGMENT, num_sensory=SENSORY))
     ids, source = document_tokens(lm, n)
-    warm = hmt.perplexity(ids[None, :3000])  # compiles both programs (first chunk, later chunks)
+    # Warm-up past one chunk, so both programs (first chunk, later chunks) are compiled.
+    from h2mt_jax.hmt.model import STREAM_CHUNK
+
+    warm = hmt.perplexity(ids[None, :(STREAM_CHUNK + 3) * hmt.config.tokens_per_segment])
     rss_after_warmup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = hmt.perplexity(ids[None])
     return {"tokens": n, "text": source, "ppl": out["ppl"], "seconds": out["seconds"],

@@ -100,7 +100,8 @@ def test_full_cuts_in_the_middle_past_the_window(tiny_lm, manual):
     chat = len(prompts.prompt_ids(tiny_lm.tokenizer, TEMPLATE, "", q.question)) - len(
         tiny_lm.tokenizer(prompts.render(TEMPLATE, "", q.question),
                           add_special_tokens=False)["input_ids"])
-    assert p.meta["truncated"] and p.prompt_tokens <= 200 + chat + 4
+    assert p.meta["truncated"] and p.prompt_tokens <= 200
+    assert p.prompt_tokens >= 200 - chat - 8  # the cut uses the budget
     whole = make_method("full", tiny_lm).answer("m", manual.text, q.question, TEMPLATE, NEW)
     assert not whole.meta["truncated"] and whole.prompt_tokens > 1000
 
@@ -160,3 +161,15 @@ def test_errors(tiny_lm, h2mt, manual):
         make_method("hmt", tiny_lm)
     with pytest.raises(ValueError, match="needs an H2MT"):
         make_method("tree_text", tiny_lm)
+
+
+@pytest.mark.parametrize("budget", [120, 333, 1000])
+def test_prompt_cut_fits_the_budget_chat_template_included(tiny_lm, manual, budget):
+    tok = tiny_lm.tokenizer
+    q = manual.questions[0].question
+    ids = prompts.prompt_ids(tok, TEMPLATE, manual.text, q, max_tokens=budget)
+    assert budget - 12 <= len(ids) <= budget
+    text = tok.decode(ids)
+    assert TEMPLATE.split("{")[0].strip()[:30] in text and q in text  # head and tail kept
+    with pytest.raises(ValueError, match="cannot be cut"):
+        prompts.prompt_ids(tok, TEMPLATE, manual.text, q, max_tokens=10)

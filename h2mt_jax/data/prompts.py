@@ -92,14 +92,33 @@ def prompt_ids(tokenizer, template: str, context: str, question: str, chat: bool
     """Token ids of the full prompt with a text context.
 
     With `max_tokens`, a longer prompt is cut in the middle as LongBench does (the first and the
-    last `max_tokens / 2` tokens of the rendered prompt are kept) before the chat template."""
+    last halves of the rendered prompt are kept, before the chat template); the cut leaves room
+    for the chat template's tokens, so the returned ids never exceed `max_tokens`."""
     text = render(template, context, question)
-    if max_tokens is not None:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_tokens:
-            half = max_tokens // 2
-            text = (tokenizer.decode(ids[:half], skip_special_tokens=True)
-                    + tokenizer.decode(ids[-half:], skip_special_tokens=True))
+    budget = max_tokens
+    for _ in range(4):
+        ids = _finish(tokenizer, _cut(tokenizer, text, budget), chat)
+        if max_tokens is None or len(ids) <= max_tokens:
+            return ids
+        budget -= len(ids) - max_tokens  # the template's tokens and re-tokenization drift
+        if budget <= 0:
+            break
+    raise ValueError(f"the prompt cannot be cut to {max_tokens} tokens (the template alone is "
+                     f"longer)")
+
+
+def _cut(tokenizer, text: str, budget: int | None) -> str:
+    if budget is None:
+        return text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return text
+    half = budget // 2
+    return (tokenizer.decode(ids[:half], skip_special_tokens=True)
+            + tokenizer.decode(ids[len(ids) - (budget - half):], skip_special_tokens=True))
+
+
+def _finish(tokenizer, text: str, chat: bool) -> list[int]:
     if chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)

@@ -155,7 +155,6 @@ class _Base:
             raise ValueError(f"method {name!r} needs an LM with a tokenizer")
         self.name, self.lm, self.window = name, lm, window
         self._cache: dict[str, tuple[object, float]] = {}  # doc_id -> (offline state, build_s)
-        self._chat_tokens: int | None = None
 
     def prepare(self, doc_id: str, context: str) -> None:
         if doc_id not in self._cache:
@@ -171,15 +170,11 @@ class _Base:
         return self._cache[doc_id]
 
     def _max_tokens(self, max_new_tokens: int) -> int:
-        """The prompt budget before chat formatting: `window`, or the model's positions minus the
-        new tokens, a 16-token margin (re-tokenizing the cut) and the chat template's tokens."""
+        """The prompt budget in tokens, chat template included: `window`, or the model's
+        positions minus the new tokens (`prompts.prompt_ids` cuts to fit it)."""
         if self.window is not None:
             return self.window
-        if self._chat_tokens is None:
-            tok = self.lm.tokenizer
-            self._chat_tokens = (len(prompts.prompt_ids(tok, "{context}{input}", "", "x"))
-                                 - len(tok("x", add_special_tokens=False)["input_ids"]))
-        return self.lm.config.max_position_embeddings - max_new_tokens - 16 - self._chat_tokens
+        return self.lm.config.max_position_embeddings - max_new_tokens
 
     def _generate(self, t0: float, ids: list[int], max_new_tokens: int, **kw) -> Prediction:
         """Greedy generation from prompt ids; times from `t0` (question arrival)."""
