@@ -99,3 +99,25 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1
     c.eval.max_examples = 2
     return c
+
+
+def longbench_dataset(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
+    """H²MT on one LongBench QA dataset (its jsonl in ../shared/data/longbench by default; gold =
+    sentences containing an answer), memory parameters plus LoRA; variant `tiny`."""
+    import os
+
+    c = base_config()
+    c.workdir = f"runs/{dataset}"
+    c.data.source = "longbench"
+    c.data.dataset = dataset
+    c.data.path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                               "longbench", f"{dataset}.jsonl")
+    c.data.held_out = 0.3
+    c.h2mt.k = 4
+    c.train.trainable = "memory+lora"
+    if arg == "tiny":
+        tiny(c)
+        c.workdir = f"runs/{dataset}-tiny"
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} of configs/{dataset}.py (known: tiny)")
+    return c

@@ -204,8 +204,9 @@ def build_spec(text: str, outline: Section, tokenizer, cfg: BuildConfig = BuildC
     return _number(root, leaves)
 
 
-def _number(root: _Node, leaves: list[_Node]) -> TreeSpec:
-    """Leaves 0..n-1 in document order, internal nodes by increasing height, root last."""
+def internal_in_order(root: _Node) -> list[_Node]:
+    """Internal nodes by increasing height, post-order within a height, root last (the node
+    numbering of `_number`, shared by incremental appends)."""
     height: dict[int, int] = {}
     order: list[_Node] = []
 
@@ -220,7 +221,12 @@ def _number(root: _Node, leaves: list[_Node]) -> TreeSpec:
     visit(root)
     internal = sorted(order, key=lambda n: height[id(n)])  # stable: post-order within a height
     internal.remove(root)
-    internal.append(root)
+    return internal + [root]
+
+
+def _number(root: _Node, leaves: list[_Node]) -> TreeSpec:
+    """Leaves 0..n-1 in document order, internal nodes by increasing height, root last."""
+    internal = internal_in_order(root)
     ids = {id(n): i for i, n in enumerate(leaves)}
     ids.update({id(n): len(leaves) + i for i, n in enumerate(internal)})
     children = [[] for _ in leaves] + [[ids[id(c)] for c in n.children] for n in internal]

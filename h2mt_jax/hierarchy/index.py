@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from h2mt_jax.hierarchy.build import BuildConfig, _Node, _number
+from h2mt_jax.hierarchy.build import BuildConfig, _Node, _number, internal_in_order
 from h2mt_jax.hierarchy.tree import Tree, TreeSpec, pad_tree, padded_ids
 
 FORMAT = "h2mt_jax.index/1"
@@ -139,29 +139,10 @@ def append_leaves(spec: TreeSpec, new_leaves: list[tuple[list[int], tuple[int, i
             node = node.children[-1]
     new = _number(root, leaves)
     # map new ids back to old ones through the node objects
-    order = leaves + _internal_in_order(root)
+    order = leaves + internal_in_order(root)
     old_of_new = np.asarray([old_id.get(id(n), -1) for n in order], np.int32)
     dirty_ids = sorted(i for i, n in enumerate(order) if id(n) in dirty)
     return new, old_of_new, dirty_ids
-
-
-def _internal_in_order(root: _Node) -> list[_Node]:
-    """Internal nodes in `_number`'s order (by height, post-order within a height, root last)."""
-    height: dict[int, int] = {}
-    order: list[_Node] = []
-
-    def visit(n):
-        if n.leaf is not None:
-            return 0
-        h = 1 + max(visit(c) for c in n.children)
-        height[id(n)] = h
-        order.append(n)
-        return h
-
-    visit(root)
-    internal = sorted(order, key=lambda n: height[id(n)])
-    internal.remove(root)
-    return internal + [root]
 
 
 def remap_memories(old: Index, new_spec: TreeSpec, new_tree: Tree, old_of_new: np.ndarray
