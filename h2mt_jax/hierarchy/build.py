@@ -51,16 +51,19 @@ def _encode(tokenizer, text: str, offsets: bool = False):
     return (out["input_ids"], out["offset_mapping"]) if offsets else out["input_ids"]
 
 
-def _pieces(text: str, span: tuple[int, int], tokenizer, limit: int):
-    """(tokens, span) pieces of one sentence, cut at token boundaries when it exceeds `limit`."""
+def _pieces(text: str, span: tuple[int, int], tokenizer, limit: int, lead: str = ""):
+    """(tokens, span) pieces of one sentence, cut at token boundaries when it exceeds `limit`.
+    `lead` (the white space that separates it from the previous sentence of its leaf) is
+    tokenized with the sentence, so "fact. Next" does not become "fact.Next"."""
     s, e = span
-    ids, offs = _encode(tokenizer, text[s:e], offsets=True)
+    ids, offs = _encode(tokenizer, lead + text[s:e], offsets=True)
     if len(ids) <= limit:
         return [(ids, span)]
     out = []
     for i in range(0, len(ids), limit):
         chunk = offs[i:i + limit]
-        out.append((ids[i:i + limit], (s + chunk[0][0], s + chunk[-1][1])))
+        a = max(s + chunk[0][0] - len(lead), s)
+        out.append((ids[i:i + limit], (a, max(a, s + chunk[-1][1] - len(lead)))))
     return out
 
 
@@ -78,7 +81,13 @@ def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int],
 
     for block in spans:
         for sent in split_sentences(text, block[0], block[1]):
-            for ids, span in _pieces(text, sent, tokenizer, cfg.leaf_tokens):
+            gap = text[cur_span[1]:sent[0]] if cur_span else ""
+            lead = ("\n" if "\n" in gap else " ") if gap and not gap.strip() else ""
+            pieces = _pieces(text, sent, tokenizer, cfg.leaf_tokens, lead)
+            if lead and len(cur) + len(pieces[0][0]) > cfg.leaf_tokens:
+                flush()  # the sentence starts a new leaf: no leading white space
+                pieces = _pieces(text, sent, tokenizer, cfg.leaf_tokens)
+            for ids, span in pieces:
                 if cur and len(cur) + len(ids) > cfg.leaf_tokens:
                     flush()
                 cur = cur + ids
