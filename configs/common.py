@@ -85,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_new_tokens = 0  # 0: the dataset's LongBench generation length
     c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods
     c.eval.warmup = True  # one unrecorded answer per method first (compilation not timed)
+    c.eval.tree_text = False  # train.py: also answer from the routed leaves' text (tree_text_f1)
     return c
 
 

@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     c.train.weight_decay = 0.1
     c.train.trainable = "memory"
     c.eval.before_training = True
+    c.eval.tree_text = True  # also answer from the routed leaves' text: what routing is worth
     if arg == "tiny":
         tiny(c)
         c.workdir = "runs/demo-tiny"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import warnings
@@ -175,3 +176,32 @@ def test_million_token_document_streams_leaves(h2mt):
     assert idx.spec.n_leaves > 15_000
     idx.spec.validate(h2mt.config.build.fanout)
     assert grown_mb < 3000
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 17, 23, 31, 33, 100])
+def test_leaf_batch_sizes_cover_with_little_padding(n):
+    from h2mt_jax.hierarchy.memory import leaf_batch_sizes
+
+    sizes = leaf_batch_sizes(n, 32)
+    assert all(s & (s - 1) == 0 and s <= 32 for s in sizes)  # powers of two, bounded
+    assert sum(sizes) >= n and sum(sizes) - n <= (n % 32) / 4
+    assert len(sizes) <= n // 32 + 6
+
+
+def test_leaf_batching_does_not_change_memories(tiny_lm, h2mt, manual):
+    """Longest-first batches of mixed sizes give each leaf the memory it gets alone."""
+    from h2mt_jax.hierarchy.memory import leaf_memories
+
+    idx = h2mt.build(manual.text, fmt="markdown")
+    n = 7
+    leaves = idx.spec.leaf_tokens[:n]
+    t = np.zeros((n, h2mt.config.build.leaf_len), np.int32)
+    lengths = np.array([len(x) for x in leaves], np.int32)
+    lengths[2] = 5  # a short leaf among long ones
+    for i, ids in enumerate(leaves):
+        t[i, :lengths[i]] = ids[:lengths[i]]
+    cfg = dataclasses.replace(h2mt.config, leaf_batch=4)
+    batched = leaf_memories(tiny_lm.graphdef, tiny_lm.params, h2mt.params, cfg, t, lengths)
+    alone = np.concatenate([leaf_memories(tiny_lm.graphdef, tiny_lm.params, h2mt.params, cfg,
+                                          t[i:i + 1], lengths[i:i + 1]) for i in range(n)])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)

@@ -40,6 +40,12 @@ def test_configs_load_and_tiny_trains_two_steps(name, tmp_path, smollm2):
     assert os.path.isdir(tmp_path / name / "model")
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2]
+    if name == "demo":  # the demo also answers from the routed text and splits recall
+        after = results["after"]
+        assert 0 <= after["tree_text_f1"] <= 100 and after["n"] == c.eval.max_examples
+        assert after["n_one_gold"] + after["n_multi_gold"] <= after["n"]
+        for key in ("recall_at_2_one_gold", "recall_at_2_multi_gold"):
+            assert after[key] != after[key] or 0 <= after[key] <= 1  # NaN when none
 
 
 def test_unknown_variant_and_field():

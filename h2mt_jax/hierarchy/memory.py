@@ -105,23 +105,54 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
         out = _encode_leaves_hmt(graphdef, bparams, params["hmt"], jnp.asarray(tokens),
                                  jnp.asarray(lengths), hmt_cfg=cfg.hmt)
         return np.asarray(out)
-    # Batches are padded to buckets of the leaf count and of the longest leaf, so a short
-    # document does not pay for `leaf_batch` full-length leaves.
+    # Leaves go longest first into batches whose sizes come from `leaf_batch_sizes` (powers of
+    # two, little padding: 17 leaves run as 16 + 1, not as 32), each batch padded to the bucket
+    # of its longest leaf; the compiled programs are shared by every document.
     from h2mt_jax.generation.decode import bucket
 
-    lb = min(cfg.leaf_batch, bucket(n, (1, 2, 4, 8, 16, 32, 64, 128, 256)))
-    outs = []
-    for i in tqdm(range(0, n, lb), desc="leaf memories", disable=not progress, leave=False):
-        t, ln = tokens[i:i + lb], lengths[i:i + lb]
+    if n == 0:
+        return np.zeros((0,) + tuple(params["leaf_write"].shape), np.float32)
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    outs, i = [], 0
+    sizes = leaf_batch_sizes(n, cfg.leaf_batch)
+    for lb in tqdm(sizes, desc="leaf memories", disable=not progress, leave=False):
+        sel = order[i:i + lb]
+        i += len(sel)
+        ln = lengths[sel]
         width = min(tokens.shape[1], bucket(max(int(ln.max()), 1)))
-        t = t[:, :width]
+        t = tokens[sel, :width]
         pad = lb - len(t)
         if pad:
             t = np.concatenate([t, np.zeros((pad, width), t.dtype)])
             ln = np.concatenate([ln, np.zeros((pad,), ln.dtype)])
-        out = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
-        outs.append(np.asarray(out)[:lb - pad])
-    return np.concatenate(outs, axis=0)
+        res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
+        outs.append(np.asarray(res)[:lb - pad])
+    out = np.empty((n,) + outs[0].shape[1:], np.float32)
+    out[order] = np.concatenate(outs, axis=0)
+    return out
+
+
+def leaf_batch_sizes(n: int, max_batch: int) -> list[int]:
+    """Batch sizes (powers of two up to `max_batch`) that cover `n` leaves: full batches, then
+    the remainder rounded up to a power of two when that wastes at most a quarter of it, else
+    split (17 -> [16, 1], 31 -> [32], 23 -> [16, 8]). At most log2(max_batch) + 1 small calls."""
+    from h2mt_jax.generation.decode import bucket
+
+    if n <= 0:
+        return []
+    top = 1 << (max(1, max_batch).bit_length() - 1)  # largest power of two <= max_batch
+    pows = tuple(1 << i for i in range(top.bit_length()))
+    sizes = [top] * (n // top)
+    r = n % top
+    while r:
+        b = bucket(r, pows)
+        if b - r <= r / 4:
+            sizes.append(b)
+            break
+        low = b // 2
+        sizes.append(low)
+        r -= low
+    return sizes
 
 
 def aggregate(model, params: H2MTParams, kind: str, child_mem: Float[Array, "w c m d"],

@@ -142,30 +142,51 @@ class H2MTQATask:
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, trainable, items=None, route: str | None = None) -> dict:
-        """Answer F1 / ROUGE-L and routing recall on the held-out items."""
+        """Answer F1 / ROUGE-L and routing recall on the held-out items.
+
+        Recall is also split by the number of gold leaves (`..._one_gold`: single-evidence
+        questions; `..._multi_gold`: two or more, e.g. the synthetic two-hop questions, whose
+        second hop shares no words with the question). With `config.eval.tree_text`, each
+        question is also answered from the same route's leaf text (`tree_text_f1`), which shows
+        what the routing alone is worth to the answers."""
         h2mt = self.model(trainable)
         items = self.eval_items if items is None else items
         if self.config.eval.get("max_examples", 0):
             items = items[:self.config.eval.max_examples]
+        with_text = bool(self.config.eval.get("tree_text", False))
         indexes, rows = {}, []
         for it in tqdm(items, desc="evaluating", disable=not self.progress):
             if it.doc_id not in indexes:
                 indexes[it.doc_id] = h2mt.build(it.context, fmt=it.fmt, outline=it.outline)
             idx = indexes[it.doc_id]
-            a = h2mt.answer(idx, it.question, dataset=it.dataset, template=self.template(it.dataset),
-                            route=route, k=max(self.cfg.k, 4))
+            kw = dict(dataset=it.dataset, template=self.template(it.dataset), route=route,
+                      k=max(self.cfg.k, 4))
+            a = h2mt.answer(idx, it.question, **kw)
             gold = set(idx.leaves_for_spans(it.gold_spans or []))
             metric = DATASET_METRIC.get(it.dataset, qa_f1_score)
-            rows.append({"f1": max(metric(a.text, g) for g in it.answers),
-                         "rouge_l": max(rouge_l_score(a.text, g) for g in it.answers),
-                         "recall_at_2": (len(gold & set(a.leaves[:2])) / min(len(gold), 2)
-                                      if gold else np.nan),
-                         "recall_at_4": (len(gold & set(a.leaves[:4])) / min(len(gold), 4)
-                                      if gold else np.nan),
-                         "ttft_s": a.timings["ttft_s"]})
-        out = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-        out["f1"], out["rouge_l"] = 100 * out.get("f1", 0), 100 * out.get("rouge_l", 0)
+            r2 = len(gold & set(a.leaves[:2])) / min(len(gold), 2) if gold else np.nan
+            row = {"f1": max(metric(a.text, g) for g in it.answers),
+                   "rouge_l": max(rouge_l_score(a.text, g) for g in it.answers),
+                   "recall_at_2": r2,
+                   "recall_at_4": (len(gold & set(a.leaves[:4])) / min(len(gold), 4)
+                                   if gold else np.nan),
+                   "recall_at_2_one_gold": r2 if len(gold) == 1 else np.nan,
+                   "recall_at_2_multi_gold": r2 if len(gold) > 1 else np.nan,
+                   "ttft_s": a.timings["ttft_s"]}
+            if with_text:
+                t = h2mt.answer(idx, it.question, context="text", **kw)
+                row["tree_text_f1"] = max(metric(t.text, g) for g in it.answers)
+            rows.append(row)
+        out = {}
+        for key in (rows[0] if rows else {}):
+            vals = [r[key] for r in rows]
+            out[key] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
+        for key in ("f1", "rouge_l", "tree_text_f1"):
+            if key in out:
+                out[key] = 100 * out[key]
         out["n"] = len(rows)
+        out["n_one_gold"] = sum(not np.isnan(r["recall_at_2_one_gold"]) for r in rows)
+        out["n_multi_gold"] = sum(not np.isnan(r["recall_at_2_multi_gold"]) for r in rows)
         return out
 
 
