@@ -34,7 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt = ml_collections.ConfigDict()
     c.h2mt.leaf_tokens = 128  # tokens per leaf (sentence boundaries)
     c.h2mt.fanout = 8  # B
-    c.h2mt.title_tokens = 16  # section title prefix per leaf
+    c.h2mt.title_tokens = 16  # section title (heading path) tokens per leaf
+    c.h2mt.title_position = "prefix"  # prefix | suffix: the path before or after the leaf text
     c.h2mt.mem_tokens = 1  # m
     c.h2mt.recall_dim = 256  # d_h of the routing projections
     c.h2mt.leaf_mode = "independent"  # independent | hmt

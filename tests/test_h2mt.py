@@ -205,3 +205,23 @@ def test_leaf_batching_does_not_change_memories(tiny_lm, h2mt, manual):
     alone = np.concatenate([leaf_memories(tiny_lm.graphdef, tiny_lm.params, h2mt.params, cfg,
                                           t[i:i + 1], lengths[i:i + 1]) for i in range(n)])
     np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_title_position_puts_the_heading_path_before_or_after_the_text(tiny_lm, manual):
+    from h2mt_jax.hierarchy.build import build_spec
+
+    text = parse.clean_text(manual.text)
+    outline = parse.parse_document(text, "markdown")
+    tok = tiny_lm.tokenizer
+    specs = {pos: build_spec(text, outline, tok, BuildConfig(leaf_tokens=48, title_tokens=8,
+                                                             title_position=pos))
+             for pos in ("prefix", "suffix")}
+    assert specs["prefix"].leaf_spans == specs["suffix"].leaf_spans
+    for pre, suf, span in zip(specs["prefix"].leaf_tokens, specs["suffix"].leaf_tokens,
+                              specs["prefix"].leaf_spans):
+        head, body = tok.decode(pre).split("\n", 1)  # prefix: "path\ntext"
+        assert tok.decode(suf) == body + "\n" + head  # suffix: "text\npath"
+        assert text[slice(*span)].startswith(body[:20])
+        assert len(pre) <= 48 + 8 and len(suf) <= 48 + 8
+    with pytest.raises(ValueError, match="title_position"):
+        BuildConfig(title_position="middle")

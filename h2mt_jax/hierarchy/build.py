@@ -3,7 +3,8 @@
 1. Leaves: each section's text blocks are split into sentences and packed, in order, into leaves
    of at most `leaf_tokens` tokens (a longer sentence is cut at token boundaries). A section with
    neither text nor children (a bare heading) becomes a leaf of its title, so a document of
-   headings only still gives a tree. Each leaf may start with its section's title.
+   headings only still gives a tree. Each leaf may carry its heading path before or after its
+   text (`title_position`).
 2. Structure: a section becomes an internal node over its leaves and sub-sections; chains of
    single children collapse.
 3. Fan-out: a node with more than `fanout` children gets its consecutive children grouped into
@@ -26,9 +27,15 @@ from h2mt_jax.hierarchy.tree import TreeSpec
 class BuildConfig:
     leaf_tokens: int = 128  # tokens of text per leaf (the title prefix comes on top)
     fanout: int = 8  # B: children per node at most
-    title_tokens: int = 16  # title prefix budget per leaf; 0 disables titles in leaves
+    title_tokens: int = 16  # title budget per leaf; 0 disables titles in leaves
+    # where a leaf carries its heading path: "prefix" (before its text) or "suffix" (after it,
+    # next to the write tokens that read the leaf's memory)
+    title_position: str = "prefix"
 
     def __post_init__(self):
+        if self.title_position not in ("prefix", "suffix"):
+            raise ValueError(f"title_position must be prefix or suffix, got "
+                             f"{self.title_position!r}")
         if self.leaf_tokens < 4:
             raise ValueError(f"leaf_tokens must be >= 4, got {self.leaf_tokens}")
         if self.fanout < 2:
@@ -76,7 +83,8 @@ def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int],
     def flush():
         nonlocal cur, cur_span
         if cur:
-            leaves.append(_Node(leaf=(title_ids + cur, (cur_span[0], cur_span[1])), title=title))
+            ids = cur + title_ids if cfg.title_position == "suffix" else title_ids + cur
+            leaves.append(_Node(leaf=(ids, (cur_span[0], cur_span[1])), title=title))
         cur, cur_span = [], None
 
     for block in spans:
@@ -107,7 +115,12 @@ def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherite
                       if t and t.strip())
     title_ids = []
     if cfg.title_tokens and (path or title):
-        title_ids = _encode(tokenizer, (path or title).strip() + "\n")[-cfg.title_tokens:]
+        head = (path or title).strip()
+        if cfg.title_position == "suffix":  # "\n" then the path's last tokens
+            nl = _encode(tokenizer, "\n")
+            title_ids = nl + _encode(tokenizer, head)[-max(cfg.title_tokens - len(nl), 1):]
+        else:
+            title_ids = _encode(tokenizer, head + "\n")[-cfg.title_tokens:]
     kids = _leaves(text, sec.spans, tokenizer, cfg, title_ids, title)
     if sec.spans:
         cursor[0] = max(cursor[0], sec.spans[-1][1])

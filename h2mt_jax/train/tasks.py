@@ -29,7 +29,8 @@ from h2mt_jax.train import h2mt_task
 
 def h2mt_config(c) -> H2MTConfig:
     return H2MTConfig(build=BuildConfig(leaf_tokens=c.leaf_tokens, fanout=c.fanout,
-                                        title_tokens=c.title_tokens),
+                                        title_tokens=c.title_tokens,
+                                        title_position=c.get("title_position", "prefix")),
                       mem_tokens=c.mem_tokens, recall_dim=c.recall_dim, leaf_mode=c.leaf_mode,
                       aggregator=c.aggregator, route=c.route, k=c.k, ancestors=c.ancestors,
                       leaf_batch=c.leaf_batch)
