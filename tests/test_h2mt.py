@@ -225,3 +225,15 @@ def test_title_position_puts_the_heading_path_before_or_after_the_text(tiny_lm, 
         assert len(pre) <= 48 + 8 and len(suf) <= 48 + 8
     with pytest.raises(ValueError, match="title_position"):
         BuildConfig(title_position="middle")
+
+
+def test_leaf_tokens_keep_the_space_between_sentences(tiny_lm):
+    from h2mt_jax.hierarchy.build import build_spec
+
+    text = "The pump runs at 3000 rpm. Casis Tavquin works in Danstad. It is blue."
+    outline = parse.parse_document(text, "plain")
+    spec = build_spec(text, outline, tiny_lm.tokenizer, BuildConfig(leaf_tokens=20,
+                                                                    title_tokens=0))
+    decoded = [tiny_lm.tokenizer.decode(ids) for ids in spec.leaf_tokens]
+    assert decoded == [text[slice(*span)] for span in spec.leaf_spans]  # no "rpm.Casis"
+    assert len(decoded) > 1 and not any(d.startswith(" ") for d in decoded)

@@ -182,9 +182,9 @@ class H2MTQATask:
         for key in (rows[0] if rows else {}):
             vals = [r[key] for r in rows]
             out[key] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
-        for key in ("f1", "rouge_l", "tree_text_f1"):
-            if key in out:
-                out[key] = 100 * out[key]
+        out["f1"], out["rouge_l"] = 100 * out.get("f1", 0.0), 100 * out.get("rouge_l", 0.0)
+        if "tree_text_f1" in out:
+            out["tree_text_f1"] *= 100
         out["n"] = len(rows)
         out["n_one_gold"] = sum(not np.isnan(r["recall_at_2_one_gold"]) for r in rows)
         out["n_multi_gold"] = sum(not np.isnan(r["recall_at_2_multi_gold"]) for r in rows)
