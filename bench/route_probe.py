@@ -1,0 +1,195 @@
+"""How far routing can generalize from frozen node memories: a routing-only probe on the
+synthetic manuals, with BM25 over the same leaves beside it.
+
+The probe trains what `encode=cached` trains for routing (the summary prompt `p`, `W_q`, `W_k`)
+on the routing loss alone, one training manual (all its questions) per step, and reports
+recall@2 on the training and held-out questions, split into single-evidence and two-hop
+questions. Node memories are computed once per manual (untrained write tokens); the questions'
+keys/values are computed once, so a step runs only the summary token and the scores (~0.2 s).
+Two-hop questions have their second gold leaf in another chapter, naming only the bridge
+entity, so a router that reads the question once can reach it only by chance.
+
+    python bench/route_probe.py [--train-docs 16] [--steps 800] [--title-position prefix]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+QUESTIONS = 16  # question slots per manual (a manual has 9)
+
+
+def _question_cache(lm, ids):
+    """Keys/values of the question tokens `[q, T]`, with one free slot for the summary token."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = nnx.merge(lm.graphdef, lm.params)
+    _, kvs = model(model.embed(jnp.asarray(ids)))
+    b, t = ids.shape
+    keys = [jnp.pad(k.transpose(0, 2, 3, 1).reshape(b * k.shape[2], k.shape[3], t),
+                    ((0, 0), (0, 0), (0, 1))) for k, _ in kvs]
+    values = [jnp.pad(v.transpose(0, 2, 1, 3).reshape(b * v.shape[2], t, v.shape[3]),
+                      ((0, 0), (0, 1), (0, 0))) for _, v in kvs]
+    return keys, values
+
+
+def _bm25_recall(examples, tokenizer) -> dict:
+    from rank_bm25 import BM25Okapi
+
+    words = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
+    hits = {1: [], 2: []}
+    for e in examples:
+        ok = e["leaf_lengths"] > 0
+        texts = [tokenizer.decode(e["leaf_tokens"][i, :e["leaf_lengths"][i]])
+                 for i in np.nonzero(ok)[0]]
+        scores = BM25Okapi([words(t) for t in texts]).get_scores(words(e["question"]))
+        gold = set(e["gold_leaves"])
+        hits[min(len(gold), 2)].append(len(gold & set(np.argsort(-scores)[:2])) / min(len(gold), 2))
+    return _summary(hits)
+
+
+def _summary(hits) -> dict:
+    both = hits[1] + hits[2]
+    return {"recall_at_2": float(np.mean(both)), "one_gold": float(np.mean(hits[1])),
+            "two_hop": float(np.mean(hits[2])) if hits[2] else None, "n": len(both)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train-docs", type=int, default=16)
+    ap.add_argument("--eval-docs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--recall-dim", type=int, default=256)
+    ap.add_argument("--title-position", default="prefix", choices=("prefix", "suffix"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from configs.demo import get_config
+    from h2mt_jax.backbone.attention import KVCache
+    from h2mt_jax.hierarchy.route import node_scores
+    from h2mt_jax.train import h2mt_task
+    from h2mt_jax.train.tasks import H2MTQATask
+
+    c = get_config()
+    c.seed = args.seed
+    c.data.train_docs, c.data.eval_docs = args.train_docs, args.eval_docs
+    c.h2mt.recall_dim, c.h2mt.title_position = args.recall_dim, args.title_position
+    task = H2MTQATask(c, progress=False)
+    lm, h2 = task.lm, task.h2mt
+    tok, eos = lm.tokenizer, lm.eos_ids[0]
+    t0 = time.perf_counter()
+
+    def examples(items):
+        indexes, out = {}, []
+        for it in items:
+            if it.doc_id not in indexes:
+                indexes[it.doc_id] = h2.build(it.context, fmt=it.fmt, outline=it.outline)
+            idx = indexes[it.doc_id]
+            gold = idx.leaves_for_spans(it.gold_spans or [])
+            e = h2mt_task.example_arrays(idx, it.question, it.answers[0], gold, tok,
+                                         task.template(it.dataset), h2.config, eos)
+            if e is not None:
+                e.update(doc=it.doc_id, question=it.question, gold_leaves=gold)
+                out.append(e)
+        return out
+
+    train, held = examples(task.train_items), examples(task.eval_items)
+    build_s = time.perf_counter() - t0
+    shapes = h2mt_task.shapes_for(train + held, h2.config)
+
+    def manuals(exs):
+        by = {}
+        for e in exs:
+            by.setdefault(e["doc"], []).append(h2mt_task.pad_example(e, shapes))
+        out = []
+        for rows in by.values():
+            n = min(len(rows), QUESTIONS)
+            rows = (rows * QUESTIONS)[:QUESTIONS]  # fixed slots: one compiled step
+            keys, values = _question_cache(lm, np.stack([r["q_ids"] for r in rows]))
+            out.append((n, {"mem": jnp.asarray(rows[0]["memories"]),
+                            "node_mask": jnp.asarray(rows[0]["node_mask"]),
+                            "depth": jnp.asarray(rows[0]["depth"]), "keys": keys,
+                            "values": values,
+                            "q_len": jnp.asarray(np.array([r["q_len"] for r in rows])),
+                            "gold": jnp.asarray(np.stack([r["gold"] for r in rows])),
+                            "leaf_ok": rows[0]["leaf_lengths"] > 0}))
+        return out
+
+    train_m, held_m = manuals(train), manuals(held)
+    fixed = {k: v for k, v in h2.params.items() if k not in ("summary", "w_q", "w_k")}
+
+    def scores(tp, m):
+        model = nnx.merge(lm.graphdef, lm.params)
+        s0 = tp["summary"]
+        x = jnp.broadcast_to(s0[None], (m["q_len"].shape[0], 1, s0.shape[-1]))
+        s = model(x, cache=KVCache(m["keys"], m["values"], m["q_len"]))[0][:, 0]
+        p = {**fixed, **tp}
+        return jax.vmap(lambda si: jnp.where(m["node_mask"],
+                                             node_scores(p, si.astype(jnp.float32), m["mem"]),
+                                             -1e30))(s)
+
+    def loss(tp, m):
+        sc = scores(tp, m)
+        ex = lambda g: {"depth": m["depth"], "node_mask": m["node_mask"], "gold": g}  # noqa: E731
+        return jax.vmap(lambda s, g: h2mt_task._route_loss(s, ex(g), shapes.height + 1))(
+            sc, m["gold"]).mean()
+
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, args.lr, 20, args.steps),
+        weight_decay=args.weight_decay))
+    tp = {k: h2.params[k] for k in ("summary", "w_q", "w_k")}
+    state = opt.init(tp)
+    dev = lambda m: {k: v for k, v in m.items() if k != "leaf_ok"}  # noqa: E731
+
+    @jax.jit
+    def step(tp, state, m):
+        value, grads = jax.value_and_grad(loss)(tp, m)
+        updates, state = opt.update(grads, state, tp)
+        return optax.apply_updates(tp, updates), state, value
+
+    score_j = jax.jit(scores)
+
+    def recall(tp, ms) -> dict:
+        hits = {1: [], 2: []}
+        for n, m in ms:
+            sc = np.asarray(score_j(tp, dev(m)))[:, :shapes.leaves]
+            gold_all = np.asarray(m["gold"])[:, :shapes.leaves]
+            for i in range(n):
+                top = set(np.argsort(-np.where(m["leaf_ok"], sc[i], -np.inf))[:2])
+                gold = set(np.nonzero(gold_all[i])[0])
+                hits[min(len(gold), 2)].append(len(gold & top) / min(len(gold), 2))
+        return _summary(hits)
+
+    out = {"bench": "route_probe", "args": vars(args), "build_s": build_s,
+           "train_questions": len(train), "held_out_questions": len(held),
+           "bm25": {"train": _bm25_recall(train, tok), "held_out": _bm25_recall(held, tok)},
+           "untrained": {"train": recall(tp, train_m), "held_out": recall(tp, held_m)}}
+    rng = np.random.default_rng(args.seed)
+    t1 = time.perf_counter()
+    for _ in range(args.steps):
+        tp, state, _ = step(tp, state, dev(train_m[rng.integers(len(train_m))][1]))
+    out["train_s"] = time.perf_counter() - t1
+    out["trained"] = {"train": recall(tp, train_m), "held_out": recall(tp, held_m)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
