@@ -29,19 +29,15 @@ sys.path.insert(0, ROOT)
 QUESTIONS = 16  # question slots per manual (a manual has 9)
 
 
-def _question_cache(lm, ids):
-    """Keys/values of the question tokens `[q, T]`, with one free slot for the summary token."""
+def _question_cache(lm, ids: np.ndarray, lengths: np.ndarray):
+    """KV cache of the question tokens `[q, T]` with one free slot for the summary token."""
     import jax.numpy as jnp
-    from flax import nnx
 
-    model = nnx.merge(lm.graphdef, lm.params)
-    _, kvs = model(model.embed(jnp.asarray(ids)))
-    b, t = ids.shape
-    keys = [jnp.pad(k.transpose(0, 2, 3, 1).reshape(b * k.shape[2], k.shape[3], t),
-                    ((0, 0), (0, 0), (0, 1))) for k, _ in kvs]
-    values = [jnp.pad(v.transpose(0, 2, 1, 3).reshape(b * v.shape[2], t, v.shape[3]),
-                      ((0, 0), (0, 1), (0, 0))) for _, v in kvs]
-    return keys, values
+    from h2mt_jax.generation.decode import prefill_tokens
+
+    _, cache = prefill_tokens(lm.graphdef, lm.params, jnp.asarray(ids), jnp.asarray(lengths),
+                              cache_size=ids.shape[1] + 1)
+    return cache
 
 
 def _bm25_recall(examples, tokenizer) -> dict:
@@ -83,7 +79,6 @@ def main() -> None:
     from flax import nnx
 
     from configs.demo import get_config
-    from h2mt_jax.backbone.attention import KVCache
     from h2mt_jax.hierarchy.route import node_scores
     from h2mt_jax.train import h2mt_task
     from h2mt_jax.train.tasks import H2MTQATask
@@ -123,12 +118,11 @@ def main() -> None:
         for rows in by.values():
             n = min(len(rows), QUESTIONS)
             rows = (rows * QUESTIONS)[:QUESTIONS]  # fixed slots: one compiled step
-            keys, values = _question_cache(lm, np.stack([r["q_ids"] for r in rows]))
+            q_len = np.array([r["q_len"] for r in rows], np.int32)
+            cache = _question_cache(lm, np.stack([r["q_ids"] for r in rows]), q_len)
             out.append((n, {"mem": jnp.asarray(rows[0]["memories"]),
                             "node_mask": jnp.asarray(rows[0]["node_mask"]),
-                            "depth": jnp.asarray(rows[0]["depth"]), "keys": keys,
-                            "values": values,
-                            "q_len": jnp.asarray(np.array([r["q_len"] for r in rows])),
+                            "depth": jnp.asarray(rows[0]["depth"]), "cache": cache,
                             "gold": jnp.asarray(np.stack([r["gold"] for r in rows])),
                             "leaf_ok": rows[0]["leaf_lengths"] > 0}))
         return out
@@ -139,8 +133,8 @@ def main() -> None:
     def scores(tp, m):
         model = nnx.merge(lm.graphdef, lm.params)
         s0 = tp["summary"]
-        x = jnp.broadcast_to(s0[None], (m["q_len"].shape[0], 1, s0.shape[-1]))
-        s = model(x, cache=KVCache(m["keys"], m["values"], m["q_len"]))[0][:, 0]
+        x = jnp.broadcast_to(s0[None], (m["cache"].lengths.shape[0], 1, s0.shape[-1]))
+        s = model(x, cache=m["cache"])[0][:, 0]
         p = {**fixed, **tp}
         return jax.vmap(lambda si: jnp.where(m["node_mask"],
                                              node_scores(p, si.astype(jnp.float32), m["mem"]),
