@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -25,6 +24,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from routing_recall import bm25_rank  # noqa: E402  (bench/, the script's own directory)
+
+from h2mt_jax.eval.metrics import leaf_recall  # noqa: E402
 
 QUESTIONS = 16  # question slots per manual (a manual has 9)
 
@@ -41,17 +44,13 @@ def _question_cache(lm, ids: np.ndarray, lengths: np.ndarray):
 
 
 def _bm25_recall(examples, tokenizer) -> dict:
-    from rank_bm25 import BM25Okapi
-
-    words = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
+    """BM25 (as in bench/routing_recall.py) over each manual's leaf texts."""
     hits = {1: [], 2: []}
     for e in examples:
-        ok = e["leaf_lengths"] > 0
-        texts = [tokenizer.decode(e["leaf_tokens"][i, :e["leaf_lengths"][i]])
-                 for i in np.nonzero(ok)[0]]
-        scores = BM25Okapi([words(t) for t in texts]).get_scores(words(e["question"]))
+        texts = [tokenizer.decode(e["leaf_tokens"][i, :n])
+                 for i, n in enumerate(e["leaf_lengths"]) if n > 0]
         gold = set(e["gold_leaves"])
-        hits[min(len(gold), 2)].append(len(gold & set(np.argsort(-scores)[:2])) / min(len(gold), 2))
+        hits[min(len(gold), 2)].append(leaf_recall(gold, bm25_rank(texts, e["question"]), 2))
     return _summary(hits)
 
 
@@ -167,9 +166,9 @@ def main() -> None:
             sc = np.asarray(score_j(tp, dev(m)))[:, :shapes.leaves]
             gold_all = np.asarray(m["gold"])[:, :shapes.leaves]
             for i in range(n):
-                top = set(np.argsort(-np.where(m["leaf_ok"], sc[i], -np.inf))[:2])
+                ranked = np.argsort(-np.where(m["leaf_ok"], sc[i], -np.inf))
                 gold = set(np.nonzero(gold_all[i])[0])
-                hits[min(len(gold), 2)].append(len(gold & top) / min(len(gold), 2))
+                hits[min(len(gold), 2)].append(leaf_recall(gold, ranked, 2))
         return _summary(hits)
 
     out = {"bench": "route_probe", "args": vars(args), "build_s": build_s,

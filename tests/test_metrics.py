@@ -142,3 +142,12 @@ def test_dataset_score():
     assert dataset_score("synthetic", preds, golds) == pytest.approx(100 * (1 + 6 / 7 + 0) / 3)
     with pytest.raises(ValueError, match="synthetic"):
         dataset_score("synthetic", preds, golds[:2])
+
+
+def test_leaf_recall_counts_gold_among_the_first_k():
+    from h2mt_jax.eval.metrics import leaf_recall
+
+    assert leaf_recall({3}, [3, 1, 2], 2) == 1.0
+    assert leaf_recall({3, 7}, [3, 1, 7], 2) == 0.5  # 7 is third
+    assert leaf_recall({1, 2, 3}, [1, 2, 9], 2) == 1.0  # at most k gold leaves can fit
+    assert leaf_recall(set(), [1], 2) != leaf_recall(set(), [1], 2)  # NaN without gold

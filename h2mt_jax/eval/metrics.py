@@ -123,3 +123,11 @@ def dataset_score(dataset: str, predictions: Sequence[str], answers_list: Sequen
         raise ValueError(f"dataset {dataset!r}: no predictions to score")
     total = sum(score_example(dataset, p, a, all_classes) for p, a in zip(predictions, answers_list))
     return 100 * total / len(predictions)
+
+
+def leaf_recall(gold: set[int], ranked: Sequence[int], k: int) -> float:
+    """Routing recall@k: the fraction of the gold leaves (at most `k` of them can fit) found
+    among the first `k` of `ranked`. NaN when there is no gold leaf."""
+    if not gold:
+        return float("nan")
+    return len(set(gold) & set(list(ranked)[:k])) / min(len(gold), k)

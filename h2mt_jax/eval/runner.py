@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from h2mt_jax.data import prompts
-from h2mt_jax.eval.metrics import DATASET_METRIC, qa_f1_score, rouge_l_score
+from h2mt_jax.eval.metrics import DATASET_METRIC, leaf_recall, qa_f1_score, rouge_l_score
 
 QUALITY_KEY = "f1"
 
@@ -210,8 +210,7 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
                         gold = set(index.leaves_for_spans(it.gold_spans))
                         if gold:
                             for kk in (2, 4):
-                                row[f"recall@{kk}"] = (len(gold & set(pred.retrieved[:kk]))
-                                                       / min(len(gold), kk))
+                                row[f"recall@{kk}"] = leaf_recall(gold, pred.retrieved, kk)
             except ValueError as e:  # e.g. an oracle without gold: recorded, not fatal
                 row["error"] = str(e)[:300]
             with open(partial, "a") as f:

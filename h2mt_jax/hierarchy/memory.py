@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from h2mt_jax.generation.decode import bucket
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.tree import Tree
 from h2mt_jax.hmt.cell import init_params as init_hmt_params
@@ -108,8 +109,6 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
     # Leaves go longest first into batches whose sizes come from `leaf_batch_sizes` (powers of
     # two, little padding: 17 leaves run as 16 + 1, not as 32), each batch padded to the bucket
     # of its longest leaf; the compiled programs are shared by every document.
-    from h2mt_jax.generation.decode import bucket
-
     if n == 0:
         return np.zeros((0,) + tuple(params["leaf_write"].shape), np.float32)
     order = np.argsort(-np.asarray(lengths), kind="stable")
@@ -136,8 +135,6 @@ def leaf_batch_sizes(n: int, max_batch: int) -> list[int]:
     """Batch sizes (powers of two up to `max_batch`) that cover `n` leaves: full batches, then
     the remainder rounded up to a power of two when that wastes at most a quarter of it, else
     split (17 -> [16, 1], 31 -> [32], 23 -> [16, 8]). At most log2(max_batch) + 1 small calls."""
-    from h2mt_jax.generation.decode import bucket
-
     if n <= 0:
         return []
     top = 1 << (max(1, max_batch).bit_length() - 1)  # largest power of two <= max_batch

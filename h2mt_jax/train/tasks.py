@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 import h2mt_jax
 from h2mt_jax.backbone.lora import init_lora
 from h2mt_jax.data import prompts
-from h2mt_jax.eval.metrics import DATASET_METRIC, qa_f1_score, rouge_l_score
+from h2mt_jax.eval.metrics import DATASET_METRIC, leaf_recall, qa_f1_score, rouge_l_score
 from h2mt_jax.hierarchy.build import BuildConfig
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
@@ -165,12 +165,10 @@ class H2MTQATask:
             a = h2mt.answer(idx, it.question, **kw)
             gold = set(idx.leaves_for_spans(it.gold_spans or []))
             metric = DATASET_METRIC.get(it.dataset, qa_f1_score)
-            r2 = len(gold & set(a.leaves[:2])) / min(len(gold), 2) if gold else np.nan
+            r2 = leaf_recall(gold, a.leaves, 2)
             row = {"f1": max(metric(a.text, g) for g in it.answers),
                    "rouge_l": max(rouge_l_score(a.text, g) for g in it.answers),
-                   "recall_at_2": r2,
-                   "recall_at_4": (len(gold & set(a.leaves[:4])) / min(len(gold), 4)
-                                   if gold else np.nan),
+                   "recall_at_2": r2, "recall_at_4": leaf_recall(gold, a.leaves, 4),
                    "recall_at_2_one_gold": r2 if len(gold) == 1 else np.nan,
                    "recall_at_2_multi_gold": r2 if len(gold) > 1 else np.nan,
                    "ttft_s": a.timings["ttft_s"]}
