@@ -3,7 +3,18 @@
 Every field can be set from the command line: `--config.train.lr=3e-4`.
 """
 
+import os
+
 import ml_collections
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+def shared_file(*parts: str) -> str:
+    """A sample file of ../shared/data when this checkout sits next to it, else "" (which makes
+    the task load its data from the Hugging Face hub: `h2mt_jax.train.data.hub_names`)."""
+    path = os.path.normpath(os.path.join(SHARED_DATA, *parts))
+    return path if os.path.isfile(path) else ""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -20,13 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # synthetic | hotpotqa | longbench | wikitext
-    c.data.path = ""  # local file: LongBench .jsonl, HotpotQA .json, raw text
+    c.data.path = ""  # local file (LongBench .jsonl, HotpotQA .json, raw text); "": the hub
     c.data.dataset = ""  # LongBench dataset name (template, length, metric); default: records'
     c.data.prompt_dir = ""  # directory with LongBench's dataset2prompt.json / dataset2maxlen.json
     c.data.train_docs = 40  # synthetic: manuals for training
     c.data.eval_docs = 6  # synthetic: held-out manuals
     c.data.chapters = 4  # synthetic: chapters per manual (about 400 tokens each)
-    c.data.held_out = 0.2  # real data: fraction of documents held out for evaluation
+    c.data.held_out = 0.2  # one local file: fraction of documents held out for evaluation
     c.data.limit = 0  # read at most this many records (0: all)
     c.data.on_error = "skip"  # malformed records: skip (warn with file:line) or stop
     c.data.eval_tokens = 8192  # hmt_lm: held-out tokens at the end of the text
@@ -106,14 +117,11 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def longbench_dataset(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     """H²MT on one LongBench QA dataset (its jsonl in ../shared/data/longbench by default; gold =
     sentences containing an answer), memory parameters plus LoRA; variant `tiny`."""
-    import os
-
     c = base_config()
     c.workdir = f"runs/{dataset}"
     c.data.source = "longbench"
     c.data.dataset = dataset
-    c.data.path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                               "longbench", f"{dataset}.jsonl")
+    c.data.path = shared_file("longbench", f"{dataset}.jsonl")
     c.data.held_out = 0.3
     c.h2mt.k = 4
     c.train.trainable = "memory+lora"

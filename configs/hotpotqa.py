@@ -5,12 +5,9 @@
     python train.py --config=configs/hotpotqa.py:tiny
 """
 
-import os
+from configs.common import base_config, shared_file, tiny
 
-from configs.common import base_config, tiny
-
-DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hotpotqa",
-                       "hotpot_dev_distractor_first100.json")
+DEFAULT = shared_file("hotpotqa", "hotpot_dev_distractor_first100.json")  # "": the hub
 
 
 def get_config(arg: str | None = None):

@@ -5,12 +5,9 @@
     python train.py --config=configs/longbench.py --config.data.path=FILE.jsonl
 """
 
-import os
+from configs.common import base_config, shared_file, tiny
 
-from configs.common import base_config, tiny
-
-DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "longbench",
-                       "hotpotqa.jsonl")
+DEFAULT = shared_file("longbench", "hotpotqa.jsonl")  # "": the hub
 
 
 def get_config(arg: str | None = None):

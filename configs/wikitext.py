@@ -5,12 +5,9 @@
     python train.py --config=configs/wikitext.py:tiny
 """
 
-import os
+from configs.common import base_config, shared_file, tiny
 
-from configs.common import base_config, tiny
-
-DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wikitext2",
-                       "wiki.test.raw")
+DEFAULT = shared_file("wikitext2", "wiki.test.raw")  # "": the hub
 
 
 def get_config(arg: str | None = None):

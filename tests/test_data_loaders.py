@@ -226,30 +226,108 @@ def test_hub_needs_datasets_package(monkeypatch):
     monkeypatch.setattr(records, "hub_available", lambda: True)
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
     with pytest.raises(DataError, match="pip install datasets"):
-        load_longbench("hotpotqa")
+        load_hotpotqa("validation")
 
 
-def test_hub_rows_convert_like_files(monkeypatch):
+def _fake_longbench_zip(tmp_path, members: dict[str, str]) -> str:
+    import zipfile
+
+    path = tmp_path / "hub" / "data.zip"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in members.items():
+            z.writestr(name, text)
+    return str(path)
+
+
+def test_hub_rows_convert_like_files(monkeypatch, tmp_path):
     calls = []
 
     def load_dataset(*args, **kwargs):
         calls.append((args, kwargs))
-        if args[0] == "wikitext":
+        if args[0] == "Salesforce/wikitext":
             return [{"text": ""}, {"text": " = A = \n"}, {"text": ""}, {"text": " b c \n"}]
-        if args[0] == "THUDM/LongBench":
-            return [good(1, dataset="qasper"), {"input": "q", "context": "c"}, good(3)]
         raise ConnectionError("no route")
+
+    lines = [good(1, dataset="qasper"), {"input": "q", "context": "c"}, good(3)]
+    zip_path = _fake_longbench_zip(tmp_path, {"data/qasper.jsonl": "\n".join(
+        json.dumps(x) for x in lines) + "\n"})
+    downloads = []
+
+    def hf_hub_download(repo_id, filename, repo_type=None):
+        downloads.append((repo_id, filename, repo_type))
+        return zip_path
 
     monkeypatch.setattr(records, "hub_available", lambda: True)
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.warns(DataWarning, match="record 2: no answers"):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    with pytest.warns(DataWarning, match="line 2: no answers"):
         recs = load_longbench("qasper")
     assert [(r.id, r.dataset) for r in recs] == [("id-1", "qasper"), ("id-3", "toy")]
-    assert calls[-1] == (("THUDM/LongBench", "qasper"), {"split": "test"})
+    assert downloads == [("THUDM/LongBench", "data.zip", "dataset")]
+    with pytest.raises(DataError, match="no musique.jsonl"):
+        load_longbench("musique")
     assert load_wikitext("wikitext-2-raw-v1:test") == " = A = \n b c \n"
+    assert calls[-1] == (("Salesforce/wikitext", "wikitext-2-raw-v1"), {"split": "test"})
     with pytest.raises(DataError, match="ConnectionError: no route.*local path"):
         load_hotpotqa("dev[:10]")
     assert calls[-1] == (("hotpotqa/hotpot_qa", "distractor"), {"split": "validation[:10]"})
+
+
+def test_task_configs_without_a_local_file_load_the_hub(monkeypatch, tmp_path):
+    # A user without ../shared/data: each task config asks the hub for the right repository,
+    # config and split, and the rows become the same items as the local files give.
+    import configs.hotpotqa
+    import configs.qasper
+    from h2mt_jax.train.data import load_items
+
+    hotpot = json.loads(shared("hotpotqa", "hotpot_dev_distractor_first100.json").read_text())
+    qasper = shared("longbench", "qasper.jsonl").read_text()
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs["split"]))
+        return hotpot[:4] if kwargs["split"] == "train" else hotpot[4:7]
+
+    zip_path = _fake_longbench_zip(tmp_path, {"data/qasper.jsonl": qasper})
+    monkeypatch.setattr(records, "hub_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: zip_path)
+    c = configs.hotpotqa.get_config()
+    c.data.path = ""
+    train, held = load_items(c.data, seed=0)
+    assert calls == [(("hotpotqa/hotpot_qa", "distractor"), "validation"),
+                     (("hotpotqa/hotpot_qa", "distractor"), "train")]
+    local = tmp_path / "hotpot.json"
+    local.write_text(json.dumps(hotpot[:7]))
+    c.data.path, c.data.held_out = str(local), 0.0
+    _, every = load_items(c.data, seed=0, split=False)
+    by_question = {it.question: it for it in every}  # the sample has no ids; the hub has
+    assert len(train) == 4 and len(held) == 3
+    for it in train + held:
+        ref = by_question[it.question]
+        assert (it.context, it.question, it.answers, it.gold_spans) == (
+            ref.context, ref.question, ref.answers, ref.gold_spans)
+    q = configs.qasper.get_config()
+    from_file = load_items(q.data, seed=0)
+    q.data.path = ""
+    from_hub = load_items(q.data, seed=0)
+    assert [[(i.qid, i.context, i.answers) for i in part] for part in from_hub] == [
+        [(i.qid, i.context, i.answers) for i in part] for part in from_file]
+
+
+def test_missing_local_file_names_both_ways(tmp_path):
+    import configs.hotpotqa
+    from h2mt_jax.train.data import load_items
+
+    c = configs.hotpotqa.get_config()
+    c.data.path = str(tmp_path / "absent.json")
+    with pytest.raises(DataError, match=r"absent.json: no such file.*data.path=FILE.*hub"):
+        load_items(c.data, seed=0)
 
 
 # ----------------------------------------------------------------------------- WikiText

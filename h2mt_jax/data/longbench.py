@@ -7,8 +7,8 @@ A LongBench v1 record is one JSON object per line with keys ``input`` (the quest
 ``"narrativeqa.jsonl"`` or the name ``"narrativeqa"``.
 
 `load_longbench` takes a local ``.jsonl`` path (or a directory holding ``{dataset}.jsonl``), or a
-LongBench subset name such as "hotpotqa", loaded with
-``datasets.load_dataset("THUDM/LongBench", name, split="test")`` only when `hub_available()`.
+LongBench subset name such as "hotpotqa", whose jsonl is taken from the ``data.zip`` of the hub
+repository THUDM/LongBench (`hub_jsonl`) only when `hub_available()`.
 Records keep the file's order; missing ``language`` / ``all_classes`` / ``length`` keys are
 fine (the shared samples have none of the first two), a missing ``_id`` becomes
 ``"{stem}-{line}"``. Malformed lines follow `on_error` (see `h2mt_jax.data.records`).
@@ -17,11 +17,12 @@ fine (the shared samples have none of the first two), a missing ``_id`` becomes
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 from h2mt_jax.data.records import (DataError, IssueLog, MalformedRecord, QARecord, check_limit,
-                                   check_on_error, convert_jsonl, iter_hub_rows,
-                                   load_hub_dataset, looks_like_path)
+                                   check_on_error, convert_jsonl, download_hub_file,
+                                   looks_like_path)
 
 LONGBENCH_QA = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique")
 LONGBENCH_DATASETS = LONGBENCH_QA + (
@@ -106,11 +107,31 @@ def load_longbench(path_or_name: str | os.PathLike, dataset: str | None = None, 
     if name not in LONGBENCH_DATASETS:
         raise DataError(f"{name}: no such file, and not a LongBench dataset name (one of "
                         f"{', '.join(LONGBENCH_DATASETS)})")
-    rows = load_hub_dataset(HUB_REPO, name, split="test", what=f"LongBench {name!r}",
-                            local_hint=f"a LongBench jsonl such as data/{name}.jsonl from "
-                                       "LongBench's data.zip")
-    source = f"{HUB_REPO}:{name}:test"
-    log = IssueLog(source, on_error, "record")
-    return iter_hub_rows(rows, log, lambda row, n: longbench_record(
-        dict(row), default_id=f"{name}-{n}", default_dataset=name, dataset=dataset,
-        require_answers=require_answers, meta={"source": source, "record": n}), limit)
+    return load_longbench(hub_jsonl(name), dataset, on_error=on_error, limit=limit,
+                          require_answers=require_answers)
+
+
+def hub_jsonl(name: str) -> Path:
+    """LongBench's `{name}.jsonl`, extracted once from the hub repository's ``data.zip``.
+
+    THUDM/LongBench is a loading-script dataset, which `datasets` 4 and later no longer run, so
+    the data file is fetched with ``huggingface_hub`` and the member read with `zipfile`. The
+    extracted file lives next to the downloaded zip (the hub cache) and is reused."""
+    zip_path = download_hub_file(HUB_REPO, "data.zip", what=f"LongBench {name!r}",
+                                 local_hint=f"a LongBench jsonl such as data/{name}.jsonl from "
+                                            "LongBench's data.zip")
+    out = Path(zip_path).parent / "extracted" / f"{name}.jsonl"
+    if not out.is_file():
+        out.parent.mkdir(exist_ok=True)
+        try:
+            with zipfile.ZipFile(zip_path) as z:
+                member = next((m for m in z.namelist() if m.endswith(f"/{name}.jsonl")
+                               or m == f"{name}.jsonl"), None)
+                if member is None:
+                    raise DataError(f"{zip_path}: LongBench's data.zip has no {name}.jsonl")
+                tmp = out.with_suffix(f".tmp-{os.getpid()}")
+                tmp.write_bytes(z.read(member))
+                os.replace(tmp, out)
+        except zipfile.BadZipFile as err:
+            raise DataError(f"{zip_path}: not a zip file ({err})") from err
+    return out

@@ -231,6 +231,26 @@ def load_hub_dataset(*args: Any, what: str, local_hint: str, **kwargs: Any) -> A
                         f"pass a local path instead: {local_hint}") from err
 
 
+def download_hub_file(repo_id: str, filename: str, *, what: str, local_hint: str,
+                      repo_type: str = "dataset") -> str:
+    """The local path of one file of a hub repository (``huggingface_hub.hf_hub_download``).
+
+    For hub datasets whose loading script `datasets` (4 and later) no longer runs, such as
+    LongBench's ``data.zip``. Offline, and on any failure, DataError with `local_hint`."""
+    if not hub_available():
+        raise DataError(f"cannot download {what} from the Hugging Face hub: offline (HF_HUB_OFFLINE "
+                        f"set or huggingface.co unreachable); pass a local path instead: "
+                        f"{local_hint}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, repo_type=repo_type)
+    except Exception as err:  # noqa: BLE001 - connection errors, missing files, gated repos
+        raise DataError(f"could not download {what} ({repo_id}/{filename}) from the hub "
+                        f"({type(err).__name__}: {err}); pass a local path instead: "
+                        f"{local_hint}") from err
+
+
 def iter_hub_rows(rows: Any, log: IssueLog, convert: Callable[[Any, int], Any],
                   limit: int | None) -> list:
     """Converts hub rows (1-based record numbers) with the same error policy as files."""

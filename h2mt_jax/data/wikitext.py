@@ -2,7 +2,7 @@
 
 `load_wikitext` takes a local raw text file (such as ``wiki.test.raw``) or a name
 "config:split" ("wikitext-2-raw-v1:test"; the split defaults to "test") loaded with
-``datasets.load_dataset("wikitext", config, split=split)`` only when online. Hub rows are lines
+``datasets.load_dataset("Salesforce/wikitext", config, split=split)`` only when online. Hub rows are lines
 that keep their "\\n" (blank lines are empty rows), so they are joined with "" and give the raw
 file's text without its blank lines, which is the layout of the shared sample
 (``../shared/data/wikitext2/wiki.test.raw``: 2891 lines, none blank). Local files keep their text
@@ -43,7 +43,7 @@ def load_wikitext(path_or_name: str | os.PathLike) -> str:
     if split not in WIKITEXT_SPLITS:
         raise DataError(f"{name}: unknown WikiText split {split!r} (one of "
                         f"{', '.join(WIKITEXT_SPLITS)})")
-    rows = load_hub_dataset("wikitext", config, split=split, what=f"WikiText {name!r}",
+    rows = load_hub_dataset("Salesforce/wikitext", config, split=split, what=f"WikiText {name!r}",
                             local_hint=f"the raw file, e.g. wiki.{split}.raw of {config}")
     return "".join(row["text"] for row in rows)
 

@@ -11,9 +11,12 @@ Train and evaluation items never share a document.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import numpy as np
+
+from h2mt_jax.data.records import DataError
 
 
 @dataclasses.dataclass
@@ -68,35 +71,67 @@ def synthetic_items(seed: int, n_docs: int, offset: int = 0, **manual_kw) -> lis
     return items
 
 
+HUB_HINT = ("pass a local file with --config.data.path=FILE, or leave data.path empty to load "
+            "{what} from the Hugging Face hub (online)")
+
+
+def hub_names(data) -> tuple[str | None, str]:
+    """(train, evaluation) hub names for `config.data` without a local file.
+
+    HotpotQA: the distractor `train` and `validation` splits (not one file split by `held_out`);
+    LongBench: the test records of `data.dataset` (default hotpotqa), split by `held_out`;
+    WikiText: `data.dataset` as "config:split" (default wikitext-2-raw-v1:test)."""
+    if data.source == "hotpotqa":
+        return "train", "validation"
+    if data.source == "longbench":
+        return None, data.dataset or "hotpotqa"
+    if data.source == "wikitext":
+        return None, data.dataset or "wikitext-2-raw-v1:test"
+    raise ValueError(f"data.source={data.source!r} has no hub dataset; pass data.path")
+
+
+def _records(data, name: str, limit: int | None) -> list[QAItem]:
+    """Items of one local file or hub name of `data.source`."""
+    if data.source == "hotpotqa":
+        from h2mt_jax.data.hotpotqa import load_hotpotqa
+        from h2mt_jax.hierarchy.parse import parse_hotpotqa
+
+        items = []
+        for r in load_hotpotqa(name, limit=limit, on_error=data.on_error):
+            _, outline = parse_hotpotqa(r.meta["record"])
+            items.append(QAItem(r.id, r.context, r.question, r.answers, "hotpotqa", "auto",
+                                r.gold_spans, outline, qid=r.id))
+        return items
+    if data.source == "longbench":
+        from h2mt_jax.data.longbench import load_longbench
+
+        return [QAItem(r.id, r.context, r.question, r.answers, r.dataset,
+                       FMT_BY_DATASET.get(r.dataset, "auto"),
+                       found_gold_spans(r.context, r.answers), qid=r.id)
+                for r in load_longbench(name, data.dataset or None, on_error=data.on_error,
+                                        limit=limit)]
+    raise ValueError(f"unknown data.source {data.source!r}: synthetic, hotpotqa, longbench")
+
+
 def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[QAItem]]:
     """(train items, evaluation items) for `config.data`; with `split=False` every item of a
-    file is returned as evaluation item (synthetic data is always generated as two sets)."""
+    file is returned as evaluation item (synthetic data is always generated as two sets).
+
+    A local file (`data.path`) is split by document (`held_out`); without one the data come from
+    the hub (`hub_names`), with HotpotQA's own train/validation splits."""
     source = data.source
     if source == "synthetic":
         kw = dict(chapters=data.chapters)
         return (synthetic_items(seed, data.train_docs, 0, **kw),
                 synthetic_items(seed, data.eval_docs, data.train_docs, **kw))
-    if not data.path:
-        raise ValueError(f"data.source={source!r} needs data.path (a local file)")
     limit = data.limit or None
-    if source == "hotpotqa":
-        from h2mt_jax.data.hotpotqa import load_hotpotqa
-        from h2mt_jax.hierarchy.parse import parse_hotpotqa
-
-        items = []
-        for r in load_hotpotqa(data.path, limit=limit, on_error=data.on_error):
-            _, outline = parse_hotpotqa(r.meta["record"])
-            items.append(QAItem(r.id, r.context, r.question, r.answers, "hotpotqa", "auto",
-                                r.gold_spans, outline, qid=r.id))
-    elif source == "longbench":
-        from h2mt_jax.data.longbench import load_longbench
-
-        items = []
-        for r in load_longbench(data.path, data.dataset or None, on_error=data.on_error,
-                                limit=limit):
-            items.append(QAItem(r.id, r.context, r.question, r.answers, r.dataset,
-                                FMT_BY_DATASET.get(r.dataset, "auto"),
-                                found_gold_spans(r.context, r.answers), qid=r.id))
-    else:
-        raise ValueError(f"unknown data.source {source!r}: synthetic, hotpotqa, longbench")
-    return _split_docs(items, data.held_out, seed) if split else ([], items)
+    if data.path:
+        if not os.path.exists(os.path.expanduser(data.path)):
+            raise DataError(f"{data.path}: no such file; " + HUB_HINT.format(what=source))
+        items = _records(data, data.path, limit)
+        return _split_docs(items, data.held_out, seed) if split else ([], items)
+    train_name, eval_name = hub_names(data)
+    items = _records(data, eval_name, limit)
+    if train_name is None:
+        return _split_docs(items, data.held_out, seed) if split else ([], items)
+    return (_records(data, train_name, limit) if split else []), items

@@ -9,6 +9,7 @@ export of the trained model.
 
 from __future__ import annotations
 
+import os
 import time
 
 import grain
@@ -20,11 +21,13 @@ from tqdm.auto import tqdm
 import h2mt_jax
 from h2mt_jax.backbone.lora import init_lora
 from h2mt_jax.data import prompts
+from h2mt_jax.data.records import DataError
 from h2mt_jax.eval.metrics import DATASET_METRIC, leaf_recall, qa_f1_score, rouge_l_score
 from h2mt_jax.hierarchy.build import BuildConfig
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.train import h2mt_task
+from h2mt_jax.train.data import HUB_HINT, hub_names
 
 
 def h2mt_config(c) -> H2MTConfig:
@@ -207,7 +210,10 @@ class HMTLMTask:
         self.hmt = (HMT.load(config.checkpoint, self.lm) if config.checkpoint
                     else HMT.create(self.lm, self.hcfg, seed=config.seed))
         self.hcfg = self.hmt.config
-        text = load_wikitext(config.data.path)
+        if config.data.path and not os.path.exists(os.path.expanduser(config.data.path)):
+            raise DataError(f"{config.data.path}: no such file; "
+                            + HUB_HINT.format(what="WikiText"))
+        text = load_wikitext(config.data.path or hub_names(config.data)[1])
         ids = np.asarray(self.lm.tokenizer(text)["input_ids"], np.int32)
         held = min(config.data.eval_tokens, len(ids) // 5)
         self.train_ids, self.eval_ids = ids[:-held], ids[-held:]

@@ -12,6 +12,7 @@ from h2mt_jax.backbone.config import BackboneConfig
 from h2mt_jax.weights import cache
 from h2mt_jax.weights.convert import CheckpointError, build_model, hf_to_flat
 from h2mt_jax.weights.registry import KNOWN_MODELS, ModelNotFoundError, Source, resolve
+from h2mt_jax.weights.tokenizer import tokenizer_from_gguf
 
 __all__ = ["CheckpointError", "KNOWN_MODELS", "ModelNotFoundError", "Source", "build_model",
            "load_tokenizer", "load_weights", "resolve"]
@@ -43,7 +44,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 def load_tokenizer(source: Source):
     """The transformers tokenizer (with its chat template) of a source; GGUF ones are cached.
 
-    None for a checkpoint directory without tokenizer files."""
+    A GGUF's tokenizer is built from the file's own metadata without PyTorch
+    (`weights.tokenizer`) and cached as `tokenizer.json` + `tokenizer_config.json` next to the
+    dequantized weights, so the second load reads two small files. None for a checkpoint directory
+    without tokenizer files."""
     import transformers
 
     if source.kind == "hf_dir":
@@ -54,15 +58,16 @@ def load_tokenizer(source: Source):
     if os.path.isfile(os.path.join(cached, "tokenizer_config.json")):
         try:
             return transformers.AutoTokenizer.from_pretrained(cached)
-        except Exception:
+        except Exception:  # a damaged entry is rebuilt, never trusted
             shutil.rmtree(cached, ignore_errors=True)
-    tok = transformers.AutoTokenizer.from_pretrained(
-        os.path.dirname(source.path), gguf_file=os.path.basename(source.path))
+    tok = tokenizer_from_gguf(source.path)
+    tmp = None
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         tmp = tempfile.mkdtemp(dir=os.path.dirname(cached), prefix=".tmp-tok-")
         tok.save_pretrained(tmp)
         os.replace(tmp, cached)
-    except OSError:
-        pass
+    except OSError:  # read-only or full disk, or another process won the race: not fatal
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return tok

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from h2mt_jax.backbone.config import SUPPORTED_MODEL_TYPES, BackboneConfig, UnsupportedModelError
+from h2mt_jax.weights.convert import CheckpointError
 
 # GGUF tensor name (after "blk.N.") -> transformers name (after "model.layers.N.").
 _LAYER_NAMES = {
@@ -42,6 +43,19 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def open_gguf(path: str | os.PathLike):
+    """A `gguf.GGUFReader` over `path`; a damaged or truncated file is a `CheckpointError` naming it."""
+    from gguf import GGUFReader
+
+    path = os.fspath(path)
+    try:
+        return GGUFReader(path)
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError,
+            EOFError, MemoryError) as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: "
+                              f"{str(e)[:200]}); is it truncated or another format?") from e
+
+
 def _field(reader, key, default=None):
     f = reader.fields.get(key)
     if f is None:
@@ -55,9 +69,21 @@ def read_config(reader) -> BackboneConfig:
     if arch not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"GGUF architecture {arch!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
-    a = lambda k, default=None: _field(reader, f"{arch}.{k}", default)  # noqa: E731
-    d = int(a("embedding_length"))
-    heads = int(a("attention.head_count"))
+    path = getattr(reader, "data", None)
+    path = getattr(path, "filename", "GGUF file")
+
+    def a(key, default=None, required=False, positive=False):
+        value = _field(reader, f"{arch}.{key}", default)
+        if value is None and required:
+            raise CheckpointError(f"{path}: metadata field {arch}.{key} is missing")
+        if positive and value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise CheckpointError(f"{path}: metadata field {arch}.{key} = {value!r} must be positive")
+        return value
+
+    d = int(a("embedding_length", required=True, positive=True))
+    heads = int(a("attention.head_count", required=True, positive=True))
+    for key in ("feed_forward_length", "block_count"):
+        a(key, required=True, positive=True)
     names = {t.name for t in reader.tensors}
     vocab = a("vocab_size") or len(_field(reader, "tokenizer.ggml.tokens", []))
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
@@ -82,11 +108,10 @@ def read_config(reader) -> BackboneConfig:
 
 def read_gguf(path: str | os.PathLike, progress: bool = True) -> tuple[BackboneConfig, dict[str, np.ndarray]]:
     """Reads a GGUF file: its config and its tensors under transformers names, as float32."""
-    from gguf import GGUFReader
     from gguf.quants import dequantize
     from tqdm.auto import tqdm
 
-    reader = GGUFReader(os.fspath(path))
+    reader = open_gguf(path)
     cfg = read_config(reader)
     tensors: dict[str, np.ndarray] = {}
     for t in tqdm(reader.tensors, desc="dequantizing GGUF", disable=not progress, leave=False):
@@ -96,7 +121,7 @@ def read_gguf(path: str | os.PathLike, progress: bool = True) -> tuple[BackboneC
             name = _TOP_NAMES[t.name]
         else:
             parts = t.name.split(".", 2)
-            if parts[0] != "blk" or parts[2] not in _LAYER_NAMES:
+            if len(parts) != 3 or parts[0] != "blk" or parts[2] not in _LAYER_NAMES:
                 raise UnsupportedModelError(f"GGUF tensor {t.name!r} has no place in a "
                                             f"{cfg.model_type} backbone")
             name = f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
