@@ -8,8 +8,10 @@ Writes OUT.json ({"summary", "examples"}), OUT.md (table) and OUT.png (F1 agains
 interrupted run resumes from OUT.json.partial.jsonl.
 """
 
-from absl import app, logging
+from absl import logging
 from ml_collections import config_flags
+
+from h2mt_jax.cli import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/longbench.py",
                                           "Evaluation configuration.")
@@ -26,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -5,10 +5,11 @@
     python train.py --config=configs/demo.py --config.train.lr=1e-3 --config.workdir=runs/x
 """
 
-import json
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from h2mt_jax.cli import run
+from h2mt_jax.io import dumps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Training configuration.")
 flags.DEFINE_string("workdir", None, "Overrides config.workdir.")
@@ -39,8 +40,8 @@ def main(argv):
     if "preempted_at" in results:
         return
     print(table(results))
-    print(json.dumps({k: v for k, v in results.items() if k != "train_losses"}, indent=1))
+    print(dumps({k: v for k, v in results.items() if k != "train_losses"}))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

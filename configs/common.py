@@ -7,6 +7,8 @@ import os
 
 import ml_collections
 
+from h2mt_jax.errors import ConfigError
+
 SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
 
@@ -129,5 +131,5 @@ def longbench_dataset(dataset: str, arg: str | None) -> ml_collections.ConfigDic
         tiny(c)
         c.workdir = f"runs/{dataset}-tiny"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/{dataset}.py (known: tiny)")
+        raise ConfigError(f"unknown variant {arg!r} of configs/{dataset}.py (known: tiny)")
     return c

@@ -5,7 +5,7 @@ synthetic manuals task, then evaluate on held-out manuals (before and after trai
     python train.py --config=configs/demo.py:tiny          # two steps on a tiny random model
 """
 
-from configs.common import base_config, tiny
+from configs.common import ConfigError, base_config, tiny
 
 
 def get_config(arg: str | None = None):
@@ -28,5 +28,5 @@ def get_config(arg: str | None = None):
         tiny(c)
         c.workdir = "runs/demo-tiny"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/demo.py (known: tiny)")
+        raise ConfigError(f"unknown variant {arg!r} of configs/demo.py (known: tiny)")
     return c

@@ -5,7 +5,7 @@
     python train.py --config=configs/hotpotqa.py:tiny
 """
 
-from configs.common import base_config, shared_file, tiny
+from configs.common import ConfigError, base_config, shared_file, tiny
 
 DEFAULT = shared_file("hotpotqa", "hotpot_dev_distractor_first100.json")  # "": the hub
 
@@ -22,5 +22,5 @@ def get_config(arg: str | None = None):
         tiny(c)
         c.workdir = "runs/hotpotqa-tiny"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/hotpotqa.py (known: tiny)")
+        raise ConfigError(f"unknown variant {arg!r} of configs/hotpotqa.py (known: tiny)")
     return c

@@ -5,7 +5,7 @@
     python train.py --config=configs/longbench.py --config.data.path=FILE.jsonl
 """
 
-from configs.common import base_config, shared_file, tiny
+from configs.common import ConfigError, base_config, shared_file, tiny
 
 DEFAULT = shared_file("longbench", "hotpotqa.jsonl")  # "": the hub
 
@@ -20,5 +20,5 @@ def get_config(arg: str | None = None):
         tiny(c)
         c.workdir = "runs/longbench-tiny"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/longbench.py (known: tiny)")
+        raise ConfigError(f"unknown variant {arg!r} of configs/longbench.py (known: tiny)")
     return c

@@ -5,7 +5,7 @@
     python train.py --config=configs/wikitext.py:tiny
 """
 
-from configs.common import base_config, shared_file, tiny
+from configs.common import ConfigError, base_config, shared_file, tiny
 
 DEFAULT = shared_file("wikitext2", "wiki.test.raw")  # "": the hub
 
@@ -24,5 +24,5 @@ def get_config(arg: str | None = None):
         tiny(c)
         c.workdir = "runs/wikitext-tiny"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/wikitext.py (known: tiny)")
+        raise ConfigError(f"unknown variant {arg!r} of configs/wikitext.py (known: tiny)")
     return c

@@ -38,8 +38,8 @@ from h2mt_jax.data import prompts
 from h2mt_jax.generation.decode import bucket
 from h2mt_jax.typing import Array, Float, Int
 
-METHODS = ("full", "rag_bm25", "rag_dense", "compress", "hmt", "h2mt", "h2mt_flat", "h2mt_oracle",
-           "tree_text")
+H2MT_METHODS = ("h2mt", "h2mt_flat", "h2mt_oracle", "tree_text")
+METHODS = ("full", "rag_bm25", "rag_dense", "compress", "hmt") + H2MT_METHODS
 ROWS = 16  # rows per batched backbone call (chunk embedding, coarse compression scores)
 STOPWORDS = frozenset("a an the of in on at to for by is are was were be what which who whom "
                       "how when where does do did has have with from and or".split())
@@ -356,9 +356,11 @@ class H2MTMethod(_Base):
     ROUTES = {"h2mt": ("beam", "memory"), "h2mt_flat": ("flat", "memory"),
               "h2mt_oracle": ("oracle", "memory"), "tree_text": ("beam", "text")}
 
-    def __init__(self, name, lm, window, h2mt, k: int, fmt: str):
+    def __init__(self, name, lm, window, h2mt, k: int, fmt: str, index_cache: dict | None = None):
         super().__init__(name, lm, window)
         self.h2mt, self.k, self.fmt = h2mt, k, fmt
+        if index_cache is not None:  # methods over the same H2MT share each document's build
+            self._cache = index_cache
 
     def _build(self, context):
         return self.h2mt.build(context, fmt=self.fmt)
@@ -389,7 +391,7 @@ class H2MTMethod(_Base):
 
 def make_method(name: str, lm, *, h2mt=None, hmt=None, k: int = 4, chunk_tokens: int = 128,
                 compress_budget: int = 512, window: int | None = None,
-                fmt: str = "auto") -> Method:
+                fmt: str = "auto", index_cache: dict | None = None) -> Method:
     """The evaluation method `name` (one of `METHODS`) over backbone `lm`.
 
     `k`: chunks (RAG) or leaves (H²MT) selected; `chunk_tokens`: chunk size for RAG and the
@@ -397,7 +399,8 @@ def make_method(name: str, lm, *, h2mt=None, hmt=None, k: int = 4, chunk_tokens:
     prompt tokens before chat formatting, past which text prompts are cut in the middle (default:
     the model's positions - max_new_tokens - 16 - the chat template's tokens); `fmt`: the H²MT
     document format (`parse.parse_document`: "auto", or "qasper" / "narrativeqa" for those
-    datasets). `hmt` is required by "hmt", `h2mt` by the H²MT methods."""
+    datasets). `hmt` is required by "hmt", `h2mt` by the H²MT methods; H²MT methods given the
+    same `index_cache` dict build each document's index once between them."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     if min(k, chunk_tokens, compress_budget) < 1:
@@ -416,4 +419,4 @@ def make_method(name: str, lm, *, h2mt=None, hmt=None, k: int = 4, chunk_tokens:
         return HMTMethod(name, lm, window, hmt)
     if h2mt is None:
         raise ValueError(f"method {name!r} needs an H2MT (make_method(..., h2mt=H2MT(...)))")
-    return H2MTMethod(name, lm, window, h2mt, k, fmt)
+    return H2MTMethod(name, lm, window, h2mt, k, fmt, index_cache)

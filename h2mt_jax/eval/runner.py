@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from h2mt_jax.data import prompts
+from h2mt_jax.errors import ConfigError
+from h2mt_jax.io import atomic_write, write_json
 from h2mt_jax.eval.metrics import DATASET_METRIC, leaf_recall, qa_f1_score, rouge_l_score
 
 QUALITY_KEY = "f1"
@@ -98,6 +99,9 @@ def summarize(rows: list[dict]) -> dict:
             vals = [r[k] for r in ok if r.get(k) is not None]
             if vals:
                 s["routing_" + k] = float(np.mean(vals))
+        shared = {r["index_shared_with"] for r in rs if r.get("index_shared_with")}
+        if shared:  # build_s is that method's build, counted once in the run's wall time
+            s["index_shared_with"] = ", ".join(sorted(shared))
         out[m] = s
     return out
 
@@ -112,7 +116,9 @@ def markdown_table(summary: dict) -> str:
             v = s.get(c)
             cells.append("–" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3g}"))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    shared = [f"{m} reads the indexes built for {s['index_shared_with']} (build_s is that build, "
+              "done once)" for m, s in summary.items() if s.get("index_shared_with")]
+    return "\n".join(lines + ([""] + shared if shared else []))
 
 
 def plot(summary: dict, path: str, title: str) -> None:
@@ -134,15 +140,6 @@ def plot(summary: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _warm_up(method, it, extra, config, maxlen) -> None:
     """One unrecorded answer, so compilation is not counted in the first example's TTFT."""
     template = prompts.template_for(it.dataset, *extra)
@@ -157,14 +154,14 @@ def _warm_up(method, it, extra, config, maxlen) -> None:
 
 def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     """Evaluates every method of `config.method` on the configured data; returns the output."""
-    from h2mt_jax.eval.baselines import METHODS, make_method
+    from h2mt_jax.eval.baselines import H2MT_METHODS, METHODS, make_method
     from h2mt_jax.eval.memory import PeakMemory
     from h2mt_jax.train.tasks import load_backbone
 
     methods = [m.strip() for m in config.method.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
     output = config.output or os.path.join(config.workdir, "eval.json")
     partial = output + ".partial.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -180,8 +177,11 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     done = _done(partial)
     rows = list(done.values())
     k = config.eval.get("k", 4)
+    indexes: dict = {}  # doc_id -> (index, build_s), shared by the H²MT methods
+    index_owner = next((m for m in methods if m in H2MT_METHODS), None)
     for name in methods:
-        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, fmt=items[0].fmt)
+        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, fmt=items[0].fmt,
+                             index_cache=indexes)
         todo = [it for it in items if (name, it.qid or it.doc_id) not in done]
         if todo and config.eval.get("warmup", True):
             _warm_up(method, todo[0], extra, config, maxlen)
@@ -190,6 +190,8 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
             new_tokens = config.eval.max_new_tokens or maxlen.get(it.dataset, 32)
             row = {"method": name, "id": it.qid or it.doc_id, "doc_id": it.doc_id,
                    "dataset": it.dataset, "question": it.question, "answers": it.answers}
+            if name in H2MT_METHODS and name != index_owner:
+                row["index_shared_with"] = index_owner
             try:
                 t0 = time.perf_counter()
                 method.prepare(it.doc_id, it.context)
@@ -220,10 +222,10 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     result = {"summary": summary if len(methods) > 1 else {**summary[methods[0]],
                                                             "method": methods[0]},
               "by_method": summary, "examples": rows}
-    _atomic_write(output, json.dumps(result, indent=1))
+    write_json(output, result)
     base = os.path.splitext(output)[0]
     table = markdown_table(summary)
-    _atomic_write(base + ".md", table + "\n")
+    atomic_write(base + ".md", table + "\n")
     plot(summary, base + ".png", f"{config.data.source}: {len(items)} questions")
     if os.path.isfile(partial):
         os.remove(partial)

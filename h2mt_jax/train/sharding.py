@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from h2mt_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
@@ -43,8 +45,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
     if -1 in sizes:
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
-                         f"devices, {len(devices)} are available")
+        raise ConfigError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"{len(devices)} are available (to try a mesh on one CPU, simulate devices: "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={int(np.prod(sizes))} python ...)")
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from tqdm.auto import tqdm
 
+from h2mt_jax.io import write_json
 from h2mt_jax.train import sharding
 from h2mt_jax.train.checkpoint import Checkpointer
 from h2mt_jax.train.logger import MetricsLogger
@@ -168,6 +168,6 @@ def train_and_evaluate(config, workdir: str, task=None, progress: bool = True) -
     logger.write(int(t.steps), {k: v for k, v in results["after"].items()
                                 if isinstance(v, (int, float))}, prefix="eval")
     logger.close()
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({k: v for k, v in results.items() if k != "train_losses"}, f, indent=1)
+    write_json(os.path.join(workdir, "results.json"),
+               {k: v for k, v in results.items() if k != "train_losses"})
     return results

@@ -1,0 +1,153 @@
+"""Files: atomic writes, safetensors pytree save/load, and versioned JSON metadata.
+
+Every file the library writes (checkpoints, indexes, evaluation outputs) goes through here, so an
+interrupted write never leaves a half file, outputs get the usual permissions (0666 less the
+umask, not the 0600 of a temporary file), and a metadata file of another format is refused with
+the path and both versions in the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+
+SEP = "::"  # nesting separator of safetensors keys
+
+
+class FormatError(ValueError):
+    """A file this library did not write, or wrote in another format version."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path next to `path`; on success it is renamed onto `path` with mode
+    0666 & ~umask; on failure it is removed and `path` is left as it was."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[Any], None]) -> None:
+    """Writes text, bytes, or whatever `data(file)` writes to a binary file, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+
+
+def dumps(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON text: NaN and infinities (not JSON) become null."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    """`dumps(obj)` written atomically."""
+    atomic_write(path, dumps(obj, indent))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
+def write_meta(path: str | os.PathLike, fmt: str, **fields: Any) -> None:
+    """A metadata file `{"format": fmt, **fields}`, written atomically."""
+    write_json(path, {"format": fmt, **fields})
+
+
+def read_meta(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """The metadata written by `write_meta(path, fmt, ...)`.
+
+    FileNotFoundError when it is missing ("not a {what}"), FormatError when it is not JSON, not an
+    object, or of another format."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.path.dirname(path) or '.'} has no "
+                                f"{os.path.basename(path)}: not {what}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise FormatError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != fmt:
+        raise FormatError(f"{path} has format {meta.get('format')!r}, expected {fmt!r}")
+    return meta
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """A nested dict of arrays -> `{"a::b::c": array}` (float32 unless integer)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + SEP))
+        else:
+            arr = np.asarray(v)
+            out[key] = np.ascontiguousarray(
+                arr if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.float32))
+    return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    """Inverse of `flatten`."""
+    tree: dict = {}
+    for k, v in flat.items():
+        node = tree
+        *parts, last = k.split(SEP)
+        for p in parts:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return tree
+
+
+def save_tree(path: str | os.PathLike, tree: dict) -> None:
+    """A nested dict of arrays as one safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(flatten(tree), tmp)
+
+
+def load_tree(path: str | os.PathLike) -> dict:
+    """The nested dict of numpy arrays saved by `save_tree`."""
+    from safetensors.numpy import load_file
+
+    try:
+        return unflatten(load_file(os.fspath(path)))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise FormatError(f"{path}: not a readable safetensors file ({e})") from e
