@@ -67,6 +67,14 @@ def smollm2_gguf() -> str:
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf):
+    """SmolLM2's tokenizer alone (no weights), for tests that only tokenize."""
+    from h2mt_jax.weights import load_tokenizer, resolve
+
+    return load_tokenizer(resolve(smollm2_gguf))
+
+
+@pytest.fixture(scope="session")
 def smollm2(smollm2_gguf):
     import h2mt_jax
 

@@ -23,6 +23,7 @@ from h2mt_jax.hierarchy.parse import (
     parse_markdown,
     parse_narrativeqa,
     parse_plain,
+    parse_wikitext,
     parse_qasper,
     split_sentences,
     validate_outline,
@@ -31,6 +32,7 @@ from h2mt_jax.hierarchy.parse import (
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 LONGBENCH = ("hotpotqa", "2wikimqa", "musique", "qasper", "narrativeqa", "multifieldqa_en")
 PARSERS = {"plain": parse_plain, "markdown": parse_markdown, "qasper": parse_qasper,
+           "wikitext": parse_wikitext,
            "longbench_passages": parse_longbench_passages, "narrativeqa": parse_narrativeqa,
            "auto": parse_document}
 
@@ -92,12 +94,34 @@ def test_plain_paragraphs_and_sentences_cover_all_text(name):
         assert uncovered(sentences, ctx) == []
 
 
-def test_wikitext_plain_and_sentences():
+def test_wikitext_headings_nest_and_sentences():
     text = data("wikitext2", "wiki.test.raw").read_text(encoding="utf-8")
     outline = parse_document(text)
     assert_valid(outline, text)
-    assert uncovered(outline, text) == []
+    # every character outside the spans is on a heading line, which became a section title
+    assert {line_at(text, p) for p in uncovered(outline, text)} == {
+        line for line in (ln.strip() for ln in text.splitlines()) if re.fullmatch(r"(=( =)*) .+ \1", line)}
+    articles = outline.children
+    assert len(articles) == 62 and articles[0].title == "Robert Boulter"
+    career = articles[0].children[0]
+    assert career.title == "Career" and [c.title for c in career.children] == [
+        "2000 – 2005", "2006 – present"]
     assert_valid(Section(None, split_sentences(text)), text)
+    assert parse_document("== History ==\nSome text.\n=== Early ===\nMore.").children[0].children[
+        0].title == "Early"  # MediaWiki's unspaced markers too
+
+
+def test_heading_never_forms_a_leaf_alone(smollm2_tokenizer):
+    from h2mt_jax.hierarchy.build import BuildConfig, build_spec
+
+    text = data("wikitext2", "wiki.test.raw").read_text(encoding="utf-8")[:30000]
+    spec = build_spec(text, parse_document(text), smollm2_tokenizer, BuildConfig(leaf_tokens=64))
+    for s, e in spec.leaf_spans:
+        assert not re.fullmatch(r"\s*(=( =)*) .+ \1\s*", text[s:e])  # no leaf is a heading
+    plain = "Introduction\n\nThe tool cuts wood. It is fast.\n\nSafety Notes\n\nWear gloves always."
+    outline = parse_plain(plain)
+    assert [plain[s:e] for c in outline.children for s, e in c.spans] == [
+        "Introduction\n\nThe tool cuts wood. It is fast.", "Safety Notes\n\nWear gloves always."]
 
 
 @pytest.mark.parametrize("name", ["hotpotqa", "2wikimqa", "musique"])

@@ -2,8 +2,8 @@
 
 1. Leaves: each section's text blocks are split into sentences and packed, in order, into leaves
    of at most `leaf_tokens` tokens (a longer sentence is cut at token boundaries). A section with
-   neither text nor children (a bare heading) becomes a leaf of its title, so a document of
-   headings only still gives a tree. Each leaf may carry its heading path before or after its
+   neither text nor children (a bare heading) forms no leaf, unless the document is headings
+   only (then each becomes a leaf of its title, so the document still gives a tree). Each leaf may carry its heading path before or after its
    text (`title_position`).
 2. Structure: a section becomes an internal node over its leaves and sub-sections; chains of
    single children collapse.
@@ -105,9 +105,11 @@ def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int],
 
 
 def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherited: str | None,
-                  cursor: list[int]):
+                  cursor: list[int], bare: bool = False):
     """The subtree of a section (None when it holds no text); `cursor[0]` is the end of the
-    last span used, so a bare heading's span is looked up after it."""
+    last span used, so a bare heading's span is looked up after it. A bare heading (a section
+    with neither text nor children) is a leaf of its title only with `bare` (a document of
+    headings only); otherwise it is dropped, since a heading never forms a leaf alone."""
     title = sec.title or inherited
     # Leaves start with their heading path (parent / section), so a leaf under "Overview" still
     # names the chapter it belongs to.
@@ -125,10 +127,10 @@ def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherite
     if sec.spans:
         cursor[0] = max(cursor[0], sec.spans[-1][1])
     for c in sec.children:
-        node = _from_section(c, text, tokenizer, cfg, title, cursor)
+        node = _from_section(c, text, tokenizer, cfg, title, cursor, bare)
         if node is not None:
             kids.append(node)
-    if not kids and sec.title and sec.title.strip():  # a bare heading: a leaf of its title
+    if not kids and bare and sec.title and sec.title.strip():  # a leaf of its title
         head = sec.title.strip()
         ids = _encode(tokenizer, head)[:cfg.leaf_tokens]
         start = text.find(head, cursor[0])
@@ -208,6 +210,8 @@ def build_spec(text: str, outline: Section, tokenizer, cfg: BuildConfig = BuildC
     """The tree of a parsed document. `embedding` (the backbone's `[V, d]` input embeddings)
     drives the similarity grouping; without it, hashed TF-IDF bags of token ids do."""
     root = _from_section(outline, text, tokenizer, cfg, None, [0])
+    if root is None:  # headings only: they are all there is to read
+        root = _from_section(outline, text, tokenizer, cfg, None, [0], bare=True)
     if root is None:
         raise ValueError("the document has no text to build leaves from")
     if root.leaf is not None:

@@ -32,7 +32,7 @@ from typing import Iterator
 Span = tuple[int, int]
 WRAP_WIDTH = 100  # a block with a longer non-final line holds one paragraph per line
 LONG_BLOCK_LINES = 40  # longer wrapped blocks are also cut at short sentence-final lines
-FORMATS = ("auto", "plain", "markdown", "longbench_passages", "qasper", "narrativeqa")
+FORMATS = ("auto", "plain", "markdown", "wikitext", "longbench_passages", "qasper", "narrativeqa")
 
 
 @dataclass
@@ -253,10 +253,48 @@ def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[S
 
 
 # ----------------------------------------------------------------------------- plain, markdown
+def _join_headings(text: str, paragraphs: list[Span]) -> list[Span]:
+    """A heading never stands alone: a one-line, heading-like paragraph joins the paragraph that
+    follows it (one span from the heading to that paragraph's end)."""
+    out: list[Span] = []
+    pending: int | None = None  # start of the headings waiting for their text
+    for s, e in paragraphs:
+        line = text[s:e]
+        if "\n" not in line and _heading_like(line.strip()) and len(line.split()) <= 12:
+            pending = s if pending is None else pending
+            continue
+        out.append((s if pending is None else pending, e))
+        pending = None
+    if pending is not None:  # headings at the very end: keep them, as their own text
+        out.append((pending, paragraphs[-1][1]))
+    return out
+
+
 def parse_plain(text: str | bytes) -> Section:
-    """Paragraphs (module docstring rules) as "paragraph" children of the root."""
+    """Paragraphs (module docstring rules) as "paragraph" children of the root; a heading-like
+    line alone in its paragraph joins the next paragraph (`_join_headings`)."""
     text = _prepare(text)
-    return _flat(_paragraphs(text, 0, len(text)))
+    return _flat(_join_headings(text, _paragraphs(text, 0, len(text))))
+
+
+# " = Title = ", " = = Section = = " (WikiText's spaced markers) or "== Section ==" (MediaWiki)
+_WIKITEXT_HEADING = re.compile(r"[^\S\n]*(=(?: ?=)*)[^\S\n]+(\S.*?)[^\S\n]+\1[^\S\n]*")
+
+
+def parse_wikitext(text: str | bytes) -> Section:
+    """WikiText / MediaWiki text: heading lines ``= T =``, ``= = S = =`` (or ``== S ==``) nest by
+    their number of "=" (articles, sections, sub-sections); the lines between are paragraphs."""
+    text = _prepare(text)
+    items: list[tuple] = []
+    body = 0
+    for s, e in _lines(text):
+        m = _WIKITEXT_HEADING.fullmatch(text[s:e])
+        if m:
+            items.extend(("p", p) for p in _paragraphs(text, body, s))
+            items.append(("h", m.group(1).count("="), m.group(2), "section"))
+            body = e
+    items.extend(("p", p) for p in _paragraphs(text, body, len(text)))
+    return _nest(items)
 
 
 _ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
@@ -496,14 +534,19 @@ def hotpotqa_supporting_spans(record: dict, outline_or_text: Section | str) -> l
 # ----------------------------------------------------------------------------- dispatch
 def parse_document(text: str | bytes, fmt: str = "auto") -> Section:
     """Dispatches on `fmt` (one of `FORMATS`); "auto" picks longbench_passages when a line
-    "Passage 1:" exists, markdown when an ATX heading line exists, else plain."""
+    "Passage 1:" exists, markdown when an ATX heading line exists, wikitext when a line is a
+    WikiText heading (`= = Section = =`), else plain."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown document format {fmt!r}; expected one of {', '.join(FORMATS)}")
     text = _prepare(text)
     if fmt == "auto" and re.search(r"^Passage 1:[ \t\r]*$", text, re.M):
         fmt = "longbench_passages"
+    elif fmt == "auto" and re.search(r"^ {0,3}#{1,6}(?:[ \t]|$)", text, re.M):
+        fmt = "markdown"
     elif fmt == "auto":
-        fmt = "markdown" if re.search(r"^ {0,3}#{1,6}(?:[ \t]|$)", text, re.M) else "plain"
+        fmt = "wikitext" if any(_WIKITEXT_HEADING.fullmatch(text[s:e])
+                                for s, e in _lines(text)) else "plain"
     return {"plain": parse_plain, "markdown": parse_markdown, "qasper": parse_qasper,
+            "wikitext": parse_wikitext,
             "longbench_passages": parse_longbench_passages,
             "narrativeqa": parse_narrativeqa}[fmt](text)
