@@ -108,6 +108,24 @@ def test_index_roundtrip_and_route_picture(h2mt, index, manual, tmp_path):
     assert (tmp_path / "route.png").stat().st_size > 1000
 
 
+def test_route_picture_labels_do_not_overlap_and_text_is_literal(h2mt, index):
+    import matplotlib.pyplot as plt
+
+    from h2mt_jax.hierarchy.render import route_figure
+
+    q = "Does $x$ cost 5$ or $$10?"  # matplotlib would parse $...$ as math
+    a = h2mt.answer(index, q, route="oracle", gold_leaves=[3, 4, 5, 6], max_new_tokens=2)
+    fig = route_figure(index, a, q)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].texts if t.get_text().startswith("#") and " " in t.get_text()]
+    assert len(labels) == 4
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(b1.overlaps(b2) for i, b1 in enumerate(boxes) for b2 in boxes[i + 1:])
+    assert "$x$" in fig.axes[0].get_title(loc="left")
+    plt.close(fig)
+
+
 def test_append_recomputes_only_the_new_spine(h2mt, index):
     more = generate_manual(9, chapters=1).text
     grown = h2mt.append(index, more)

@@ -78,7 +78,17 @@ q{{display:block;color:#333;margin:.3em 0 .8em}}</style>
 
 
 def render_png(index, answer, question: str, path: str) -> None:
-    """Draws the tree top-down (root at the top, leaves in document order at the bottom)."""
+    """Draws the tree top-down (root at the top, leaves in document order at the bottom) into a
+    PNG file; text (the question, answer and leaf labels) is drawn literally, `$` included."""
+    import matplotlib.pyplot as plt
+
+    fig = route_figure(index, answer, question)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def route_figure(index, answer, question: str):
+    """The matplotlib figure of `render_png` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +103,7 @@ def render_png(index, answer, question: str, path: str) -> None:
     norm = _normalise(answer.node_scores)
     kept = {n for step in answer.visited for n in step} | set(answer.leaves)
     width = min(60, 4 + 0.12 * spec.n_leaves)
-    fig, ax = plt.subplots(figsize=(width, 2 + 1.2 * max(depth)))
+    fig, ax = plt.subplots(figsize=(width, 2 + 1.2 * max(depth) + 0.25 * len(answer.leaves)))
     parent = spec.parents()
     for n in range(spec.n_nodes):
         p = parent[n]
@@ -105,19 +115,27 @@ def render_png(index, answer, question: str, path: str) -> None:
     ax.scatter(x, [-d for d in depth], c=[cmap(v) for v in norm], s=40,
                edgecolors=["crimson" if n in kept else "none" for n in range(spec.n_nodes)],
                linewidths=1.5, zorder=2)
-    for i, leaf in enumerate(answer.leaves):
-        ax.annotate(f"#{i + 1}", (x[leaf], -depth[leaf]), xytext=(0, -12),
-                    textcoords="offset points", ha="center", color="crimson", fontsize=9)
-    for n in kept:  # short labels on the kept path
-        if n >= spec.n_leaves or n in answer.leaves:
-            ax.annotate(_label(index, n, 28), (x[n], -depth[n]), xytext=(6, 4),
-                        textcoords="offset points", fontsize=7, color="#333", rotation=20)
-    ax.set_title(f"Q: {question}\nA: {answer.text}", fontsize=10, loc="left")
+    bottom = -max(depth)
+    # The selected leaves' labels sit in rows of their own below the tree, in document order,
+    # each joined to its leaf by a thin line: adjacent leaves never overlap.
+    for row, leaf in enumerate(sorted(answer.leaves, key=lambda n: x[n])):
+        y = bottom - 0.7 - 0.35 * row
+        rank = answer.leaves.index(leaf) + 1
+        ax.plot([x[leaf], x[leaf]], [-depth[leaf] - 0.15, y + 0.08], color="crimson", lw=0.5,
+                ls=":", zorder=1)
+        ax.text(x[leaf], y, f"#{rank} {_label(index, leaf, 40)}", fontsize=7, color="crimson",
+                ha="left", va="center", parse_math=False)
+    # Inner nodes on the kept path: labels alternate above and below their node per depth.
+    inner = sorted((n for n in kept if n >= spec.n_leaves), key=lambda n: (depth[n], x[n]))
+    for j, n in enumerate(inner):
+        ax.annotate(_label(index, n, 28), (x[n], -depth[n]), xytext=(6, 5 if j % 2 else -11),
+                    textcoords="offset points", fontsize=7, color="#333", parse_math=False)
+    ax.set_ylim(bottom - 1.0 - 0.35 * len(answer.leaves), 0.5)
+    ax.set_title(f"Q: {question}\nA: {answer.text}", fontsize=10, loc="left", parse_math=False)
     ax.set_axis_off()
     sm = plt.cm.ScalarMappable(cmap=cmap)
     fig.colorbar(sm, ax=ax, fraction=0.02, label="routing score (normalised)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
