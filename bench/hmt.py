@@ -6,9 +6,11 @@ Prints one JSON object:
   that length's), seconds per 1k tokens after compilation, and the ratios to the 4k run
   (targets: memory at 32k within 1.2x of 4k; time linear in the length);
 - `train`: training tokens/s for segment 256, 32 sensory tokens, BPTT depth 4, on a tiny random
-  config and on SmolLM2-135M.
+  config and on SmolLM2-135M: the jitted step of the trainer (`h2mt_jax.train.trainer`) for task
+  `hmt_lm` (configs/wikitext.py), memory parameters trainable.
 
     python bench/hmt.py [--lengths 4096,8192,16384,32768] [--train-steps 3]
+    python bench/hmt.py --tiny     # a quick check of the bench: tiny random backbone, short texts
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ def document_tokens(lm, n: int):
     return np.random.default_rng(0).integers(0, lm.config.vocab_size, n).astype(np.int32), "random"
 
 
-def one_length(n: int) -> dict:
+def one_length(n: int, model: str) -> dict:
     """Runs in a child process: warm up on a short document, then stream `n` tokens."""
     import h2mt_jax
     from h2mt_jax.hmt import HMT, HMTConfig
 
-    lm = h2mt_jax.load_lm("smollm2-135m-instruct")
+    lm = h2mt_jax.load_lm(model)
     hmt = HMT.create(lm, HMTConfig(segment_length=SEGMENT, num_sensory=SENSORY))
     ids, source = document_tokens(lm, n)
     # Warm-up past one chunk, so both programs (first chunk, later chunks) are compiled.
@@ -60,36 +62,68 @@ def one_length(n: int) -> dict:
 
 
 def train_throughput(lm, steps: int) -> dict:
+    """Seconds per training step of the trainer's jitted step (`init_state`, `compile_step`),
+    each step timed from its batch's transfer to its loss on the host."""
+    import jax
     import numpy as np
 
-    from h2mt_jax.hmt import HMT, HMTConfig
-    from h2mt_jax.hmt.train import TrainConfig, train_lm
+    from configs.wikitext import get_config
+    from h2mt_jax.train import trainer
+    from h2mt_jax.train.hmt_lm import HMTLMTask
 
-    hmt = HMT.create(lm, HMTConfig(segment_length=SEGMENT, num_sensory=SENSORY))
-    tokens = np.random.default_rng(0).integers(0, lm.config.vocab_size, 50_000).astype(np.int32)
-    tc = TrainConfig(steps=steps + 1, batch_size=1, bptt_depth=DEPTH, warmup=1)
+    c = get_config()
+    c.hmt.segment_length, c.hmt.num_sensory = SEGMENT, SENSORY
+    c.train.steps, c.train.batch_size, c.train.bptt_depth = steps + 1, 1, DEPTH
+    c.train.warmup, c.train.lr, c.train.trainable = 1, 1e-3, "memory"
     start = time.perf_counter()
-    _, hist = train_lm(hmt, tokens, tc, progress=False)
-    rates = [h["tokens_per_s"] for h in hist[1:]]  # step 0 includes compilation
-    return {"tokens_per_s": float(np.median(rates)), "tokens_per_step": hist[0]["tokens_per_s"]
-            * hist[0]["seconds"], "compile_and_first_step_s": hist[0]["seconds"],
-            "total_s": time.perf_counter() - start}
+    tokens = np.random.default_rng(0).integers(0, lm.config.vocab_size, 50_000).astype(np.int32)
+    task = HMTLMTask(c, lm=lm, progress=False, tokens=tokens)
+    optimizer = trainer.make_optimizer(c.train)
+    mesh = trainer.sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    state, state_sh, frozen = trainer.init_state(task, optimizer, mesh,
+                                                 jax.random.PRNGKey(c.seed))
+    batches = iter(task.dataset().to_iter_dataset())
+    step_fn = batch_sh = None
+    seconds, tokens_per_step = [], 0
+    for _ in range(c.train.steps):
+        batch = next(batches)
+        if step_fn is None:
+            step_fn, batch_sh = trainer.compile_step(task, optimizer, state_sh, frozen, mesh,
+                                                     batch)
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, frozen, jax.device_put(batch, batch_sh))
+        loss = float(metrics["loss"])
+        seconds.append(time.perf_counter() - t0)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss}")
+        tokens_per_step = int(batch["ids"].size)
+    rates = [tokens_per_step / s for s in seconds[1:]]  # step 0 includes compilation
+    return {"tokens_per_s": float(np.median(rates)), "tokens_per_step": tokens_per_step,
+            "compile_and_first_step_s": seconds[0], "total_s": time.perf_counter() - start}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", default="4096,8192,16384,32768")
-    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--lengths", default=None, help="default 4096,8192,16384,32768 "
+                    "(--tiny: 1024,2048)")
+    ap.add_argument("--train-steps", type=int, default=None, help="default 3 (--tiny: 2)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="quick check: the tiny random backbone (SmolLM2's tokenizer) streams "
+                         "short texts; training on the tiny config only")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help=argparse.SUPPRESS)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_length(args.one)))
+        print(json.dumps(one_length(args.one, args.model)))
         return
+    model = "tiny-random-smollm2" if args.tiny else args.model
+    lengths = args.lengths or ("1024,2048" if args.tiny else "4096,8192,16384,32768")
+    train_steps = args.train_steps or (2 if args.tiny else 3)
 
     stream = []
-    for n in [int(x) for x in args.lengths.split(",")]:
-        res = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True,
-                             text=True, check=True)
+    for n in [int(x) for x in lengths.split(",")]:
+        res = subprocess.run([sys.executable, __file__, "--one", str(n), "--model", model],
+                             capture_output=True, text=True, check=True)
         stream.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(stream[-1]), file=sys.stderr)
     base = stream[0]
@@ -104,10 +138,11 @@ def main():
     train = {"config": {"segment_length": SEGMENT, "num_sensory": SENSORY, "bptt_depth": DEPTH,
                         "batch_size": 1, "trainable": "memory parameters"},
              "tiny_config": "4 layers, d=128, vocab 1024",
-             "tiny": train_throughput(tiny, args.train_steps),
-             "smollm2_135m": train_throughput(h2mt_jax.load_lm("smollm2-135m-instruct"),
-                                              args.train_steps)}
-    out = {"bench": "hmt", "model": "smollm2-135m-instruct", "segment_length": SEGMENT,
+             "tiny": train_throughput(tiny, train_steps)}
+    if not args.tiny:
+        train["smollm2_135m"] = train_throughput(h2mt_jax.load_lm("smollm2-135m-instruct"),
+                                                 train_steps)
+    out = {"bench": "hmt", "model": model, "segment_length": SEGMENT,
            "num_sensory": SENSORY, "stream": stream, "train": train,
            "targets_met": {
                "memory_32k_within_1_2x_of_4k": stream[-1]["memory_ratio_vs_first"] <= 1.2,

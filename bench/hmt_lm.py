@@ -4,9 +4,11 @@ Trains the stage-2 HMT memory parameters (and optionally LoRA) of SmolLM2-135M o
 of the file, then compares perplexity on a held-out slice at its end:
 - `isolated`: the backbone reading isolated segments of L tokens (no memory, no sensory tokens),
 - `hmt_untrained` and `hmt_trained`: stage-2 HMT with the same L tokens per segment.
-Prints JSON.
+Training is the project's trainer (`h2mt_jax.train.trainer.train_and_evaluate`, task `hmt_lm` of
+configs/wikitext.py) in a temporary workdir (or --workdir). Prints JSON.
 
     python bench/hmt_lm.py [--steps 60] [--eval-tokens 8192] [--lora-rank 0] [--save DIR]
+    python bench/hmt_lm.py --tiny   # a quick check: configs/wikitext.py:tiny, 2 steps, 512 tokens
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +34,7 @@ from flax import nnx  # noqa: E402
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _segment_nll(graphdef, params, ids, targets):
-    from h2mt_jax.hmt.model import token_nll
+    from h2mt_jax.hmt.loss import token_nll
 
     model = nnx.merge(graphdef, params)
     return token_nll(model.logits(model(model.embed(ids))[0]), targets)
@@ -68,45 +72,76 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--tiny", action="store_true",
+                    help="quick check: configs/wikitext.py:tiny (tiny random backbone with "
+                         "SmolLM2's tokenizer, its segment sizes), 2 steps, 512 held-out tokens")
+    ap.add_argument("--workdir", default=None,
+                    help="the trainer's workdir (default: a temporary directory, removed after)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--save", default=None,
                     help="save the trained HMT here (for evaluate.py --config.hmt_checkpoint)")
     args = ap.parse_args()
 
-    import h2mt_jax
-    from h2mt_jax.hmt import HMT, HMTConfig
-    from h2mt_jax.hmt.train import TrainConfig, train_lm
+    from configs.wikitext import get_config
+    from h2mt_jax.hmt import HMT
+    from h2mt_jax.train.hmt_lm import HMTLMTask
+    from h2mt_jax.train.trainer import train_and_evaluate
 
     path = os.path.join(ROOT, "..", "shared", "data", "wikitext2", "wiki.test.raw")
     if not os.path.isfile(path):
         sys.exit(f"{path} is absent: this run needs the shared WikiText-2 sample")
-    lm = h2mt_jax.load_lm("smollm2-135m-instruct")
-    ids = np.asarray(lm.tokenizer(open(path, encoding="utf-8").read())["input_ids"], np.int32)
-    train_ids, eval_ids = ids[:-args.eval_tokens], ids[-args.eval_tokens:]
-    cfg = HMTConfig(segment_length=args.segment_length, num_sensory=args.num_sensory, stage=2)
-    length = cfg.tokens_per_segment
+    c = get_config("tiny" if args.tiny else None)
+    c.data.path, c.resume = path, False
+    if args.tiny:
+        c.data.eval_tokens = 512
+    else:
+        c.data.eval_tokens = args.eval_tokens
+        c.hmt.segment_length, c.hmt.num_sensory = args.segment_length, args.num_sensory
+        c.train.steps, c.train.batch_size = args.steps, args.batch_size
+        c.train.bptt_depth, c.train.lr = args.bptt_depth, args.lr
+        c.train.warmup = max(1, args.steps // 10)
+    c.hmt.stage = 2
+    c.train.trainable = "memory+lora" if args.lora_rank else "memory"
+    if args.lora_rank:
+        c.train.lora_rank = args.lora_rank
+    c.train.checkpoint_every = c.train.steps + 1  # one checkpoint, at the end
+    c.eval.before_training = True  # the untrained HMT's perplexity
+    workdir = args.workdir or tempfile.mkdtemp(prefix="hmt_lm_")
+    c.workdir = workdir
 
+    task = HMTLMTask(c)
+    lm, cfg, eval_ids = task.lm, task.hcfg, task.eval_ids
+    length = cfg.tokens_per_segment
     start = time.perf_counter()
     iso = isolated_ppl(lm, eval_ids, length)
     iso_s = time.perf_counter() - start
-    hmt = HMT.create(lm, cfg)
-    untrained = hmt.perplexity(eval_ids[None], progress=True)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, bptt_depth=args.bptt_depth,
-                     lr=args.lr, warmup=max(1, args.steps // 10), lora_rank=args.lora_rank)
-    start = time.perf_counter()
-    trained, hist = train_lm(hmt, train_ids, tc)
-    train_s = time.perf_counter() - start
-    after = trained.perplexity(eval_ids[None], progress=True)
-    if args.save:
-        trained.save(args.save)
-    losses = [h["loss"] for h in hist]
-    out = {"bench": "hmt_lm", "model": "smollm2-135m-instruct", "data": "wikitext2 wiki.test.raw",
-           "train_tokens_available": int(len(train_ids)), "eval_tokens": int(len(eval_ids)),
+    try:
+        results = train_and_evaluate(c, workdir, task=task)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        step_s = [r["step_s"] for r in rows if r["split"] == "train"]
+        if args.save:
+            HMT.load(os.path.join(workdir, "model"), lm=lm).save(args.save)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    untrained, after = results["before"], results["after"]
+    losses = results["train_losses"]
+    t = c.train
+    step_tokens = t.batch_size * t.bptt_depth * length
+    train = {"steps": t.steps, "batch_size": t.batch_size, "bptt_depth": t.bptt_depth,
+             "loss_segments": 1, "lr": t.lr, "warmup": t.warmup, "weight_decay": t.weight_decay,
+             "clip": t.clip, "lora_rank": args.lora_rank, "lora_alpha": t.lora_alpha,
+             "remat": t.remat, "seed": c.seed, "trainable": t.trainable,
+             "seconds": float(sum(step_s)),
+             "loss_first5": float(np.mean(losses[:5])),
+             "loss_last5": float(np.mean(losses[-5:])),
+             "tokens_per_s": float(np.median([step_tokens / s for s in step_s[1:]]
+                                             if len(step_s) > 1 else [step_tokens / step_s[0]]))}
+    out = {"bench": "hmt_lm", "model": c.backbone, "data": "wikitext2 wiki.test.raw",
+           "train_tokens_available": int(len(task.train_ids)), "eval_tokens": int(len(eval_ids)),
            "hmt_config": cfg.to_dict(), "tokens_per_segment": length,
-           "train": {**tc.__dict__, "seconds": train_s,
-                     "loss_first5": float(np.mean(losses[:5])),
-                     "loss_last5": float(np.mean(losses[-5:])),
-                     "tokens_per_s": float(np.median([h["tokens_per_s"] for h in hist[1:]]))},
+           "train": train,
            "ppl": {"isolated_segments": iso, "hmt_stage2_untrained": untrained["ppl"],
                    "hmt_stage2_trained": after["ppl"]},
            "seconds": {"isolated": iso_s, "hmt_untrained": untrained["seconds"],

@@ -47,8 +47,7 @@ def _bm25_recall(examples, tokenizer) -> dict:
     """BM25 (as in bench/routing_recall.py) over each manual's leaf texts."""
     hits = {1: [], 2: []}
     for e in examples:
-        texts = [tokenizer.decode(e["leaf_tokens"][i, :n])
-                 for i, n in enumerate(e["leaf_lengths"]) if n > 0]
+        texts = [tokenizer.decode(t) for t in e["leaf_tokens"]]
         gold = set(e["gold_leaves"])
         hits[min(len(gold), 2)].append(leaf_recall(gold, bm25_rank(texts, e["question"]), 2))
     return _summary(hits)
@@ -78,9 +77,10 @@ def main() -> None:
     from flax import nnx
 
     from configs.demo import get_config
-    from h2mt_jax.hierarchy.route import node_scores
-    from h2mt_jax.train import h2mt_task
-    from h2mt_jax.train.tasks import H2MTQATask
+    from h2mt_jax.hierarchy.loss import route_loss
+    from h2mt_jax.hierarchy.route import score_nodes
+    from h2mt_jax.hierarchy.tree import Tree
+    from h2mt_jax.train.h2mt_qa import H2MTQATask, pad_examples
 
     c = get_config()
     c.seed = args.seed
@@ -88,42 +88,36 @@ def main() -> None:
     c.h2mt.recall_dim, c.h2mt.title_position = args.recall_dim, args.title_position
     task = H2MTQATask(c, progress=False)
     lm, h2 = task.lm, task.h2mt
-    tok, eos = lm.tokenizer, lm.eos_ids[0]
+    tok = lm.tokenizer
     t0 = time.perf_counter()
 
     def examples(items):
-        indexes, out = {}, []
-        for it in items:
-            if it.doc_id not in indexes:
-                indexes[it.doc_id] = h2.build(it.context, fmt=it.fmt, outline=it.outline)
-            idx = indexes[it.doc_id]
-            gold = idx.leaves_for_spans(it.gold_spans or [])
-            e = h2mt_task.example_arrays(idx, it.question, it.answers[0], gold, tok,
-                                         task.template(it.dataset), h2.config, eos)
-            if e is not None:
-                e.update(doc=it.doc_id, question=it.question, gold_leaves=gold)
-                out.append(e)
-        return out
+        return [{"ex": e, "doc": e.item.doc_id, "question": e.item.question,
+                 "gold_leaves": e.index.leaves_for_spans(e.item.gold_spans or []),
+                 "leaf_tokens": e.index.spec.leaf_tokens} for e in task.examples(items)]
 
     train, held = examples(task.train_items), examples(task.eval_items)
     build_s = time.perf_counter() - t0
-    shapes = h2mt_task.shapes_for(train + held, h2.config)
+    padded = pad_examples([e["ex"] for e in train + held], h2.config)
+    for e, p in zip(train + held, padded):
+        e["padded"] = p
+    leaf_slots = padded[0]["tree"]["leaf_tokens"].shape[0]
 
     def manuals(exs):
         by = {}
         for e in exs:
-            by.setdefault(e["doc"], []).append(h2mt_task.pad_example(e, shapes))
+            by.setdefault(e["doc"], []).append(e["padded"])
         out = []
         for rows in by.values():
             n = min(len(rows), QUESTIONS)
             rows = (rows * QUESTIONS)[:QUESTIONS]  # fixed slots: one compiled step
             q_len = np.array([r["q_len"] for r in rows], np.int32)
             cache = _question_cache(lm, np.stack([r["q_ids"] for r in rows]), q_len)
+            tree = rows[0]["tree"]
             out.append((n, {"mem": jnp.asarray(rows[0]["memories"]),
-                            "node_mask": jnp.asarray(rows[0]["node_mask"]),
-                            "depth": jnp.asarray(rows[0]["depth"]), "cache": cache,
+                            "tree": jax.tree.map(jnp.asarray, tree), "cache": cache,
                             "gold": jnp.asarray(np.stack([r["gold"] for r in rows])),
-                            "leaf_ok": rows[0]["leaf_lengths"] > 0}))
+                            "leaf_ok": tree["leaf_lengths"] > 0}))
         return out
 
     train_m, held_m = manuals(train), manuals(held)
@@ -135,15 +129,13 @@ def main() -> None:
         x = jnp.broadcast_to(s0[None], (m["cache"].lengths.shape[0], 1, s0.shape[-1]))
         s = model(x, cache=m["cache"])[0][:, 0]
         p = {**fixed, **tp}
-        return jax.vmap(lambda si: jnp.where(m["node_mask"],
-                                             node_scores(p, si.astype(jnp.float32), m["mem"]),
-                                             -1e30))(s)
+        mask = m["tree"]["node_mask"]
+        return jax.vmap(lambda si: score_nodes(p, si.astype(jnp.float32), m["mem"], mask))(s)
 
     def loss(tp, m):
         sc = scores(tp, m)
-        ex = lambda g: {"depth": m["depth"], "node_mask": m["node_mask"], "gold": g}  # noqa: E731
-        return jax.vmap(lambda s, g: h2mt_task._route_loss(s, ex(g), shapes.height + 1))(
-            sc, m["gold"]).mean()
+        tree = Tree(**m["tree"])
+        return jax.vmap(lambda s, g: route_loss(s, tree, g))(sc, m["gold"]).mean()
 
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
         optax.warmup_cosine_decay_schedule(0.0, args.lr, 20, args.steps),
@@ -163,8 +155,8 @@ def main() -> None:
     def recall(tp, ms) -> dict:
         hits = {1: [], 2: []}
         for n, m in ms:
-            sc = np.asarray(score_j(tp, dev(m)))[:, :shapes.leaves]
-            gold_all = np.asarray(m["gold"])[:, :shapes.leaves]
+            sc = np.asarray(score_j(tp, dev(m)))[:, :leaf_slots]
+            gold_all = np.asarray(m["gold"])[:, :leaf_slots]
             for i in range(n):
                 ranked = np.argsort(-np.where(m["leaf_ok"], sc[i], -np.inf))
                 gold = set(np.nonzero(gold_all[i])[0])

@@ -42,7 +42,7 @@ def main():
     args = ap.parse_args()
 
     import h2mt_jax
-    from h2mt_jax.hierarchy import parse
+    from h2mt_jax.data import hotpotqa
     from h2mt_jax.hierarchy.config import H2MTConfig
     from h2mt_jax.hierarchy.h2mt import H2MT
 
@@ -63,11 +63,11 @@ def main():
     start = time.perf_counter()
     n = 0
     for rec in records[:args.limit]:
-        text, outline = parse.parse_hotpotqa(rec)
+        text, outline = hotpotqa.parse_hotpotqa(rec)
         index = h2mt.build(text, outline=outline)
         titles = [index.spec.titles[i] for i in range(index.spec.n_leaves)]
         gold = {t for t in rec["supporting_facts"]["title"]}
-        gold_leaves = index.leaves_for_spans(parse.hotpotqa_supporting_spans(rec, text))
+        gold_leaves = index.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
         q = rec["question"]
         ranked = {
             "h2mt_beam": index.leaf_ids(h2mt.route(index, q, k=kmax, route="beam")[0].leaves),

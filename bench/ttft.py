@@ -38,7 +38,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from h2mt_jax.eval.memory import PeakMemory  # noqa: E402
+from h2mt_jax.eval.peak_memory import PeakMemory  # noqa: E402
 
 METHODS = ("empty", "full", "rag_bm25", "hmt", "h2mt")
 NEW_TOKENS = 16

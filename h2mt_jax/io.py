@@ -81,9 +81,9 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_meta(path: str | os.PathLike, fmt: str, **fields: Any) -> None:
+def write_meta(path: str | os.PathLike, fmt: str, indent: int | None = 1, **fields: Any) -> None:
     """A metadata file `{"format": fmt, **fields}`, written atomically."""
-    write_json(path, {"format": fmt, **fields})
+    write_json(path, {"format": fmt, **fields}, indent=indent)
 
 
 def read_meta(path: str | os.PathLike, fmt: str, what: str) -> dict:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from h2mt_jax.backbone.config import BackboneConfig
 from h2mt_jax.backbone.model import Llama
-from h2mt_jax.generation.decode import bucket
+from h2mt_jax.shapes import bucket
 from h2mt_jax.generation.generate import Generation, generate, pad_ids
 from h2mt_jax.generation.sampling import Sampling
 from h2mt_jax.typing import Array, Float, Int
@@ -69,6 +69,18 @@ class LM:
     @property
     def dtype(self):
         return jnp.dtype(self.params["embedding"].value.dtype).type
+
+    def with_params(self, params) -> "LM":
+        """The same architecture and tokenizer over other parameters."""
+        return LM(nnx.merge(self.graphdef, params), self.tokenizer, self.name)
+
+    def with_lora(self, lora, scale: float) -> "LM":
+        """This backbone with LoRA adapters merged into its weights (`self` when there are none)."""
+        if not lora:
+            return self
+        from h2mt_jax.backbone.lora import merge_lora
+
+        return self.with_params(merge_lora(self.params, lora, scale))
 
     # -- ids ------------------------------------------------------------------------------------
     def check_ids(self, ids) -> np.ndarray:
@@ -201,3 +213,11 @@ def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="fl
     cfg, flat = load_weights(source)
     model = build_model(cfg, flat, dtype)
     return LM(model, load_tokenizer(source) if tokenizer else None, name=source.name)
+
+
+def backbone_from_config(config) -> LM:
+    """The backbone a config file names (`config.backbone`), in `config.dtype`, or bfloat16 when
+    `config.train.bf16` is set: what train.py and evaluate.py both load."""
+    dtype = "bfloat16" if config.get("train", {}).get("bf16", False) else config.get(
+        "dtype", "float32")
+    return load_lm(config.backbone, dtype=dtype)

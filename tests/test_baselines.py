@@ -1,4 +1,4 @@
-"""Every evaluation method of eval.baselines on a tiny random backbone with the real SmolLM2
+"""Every evaluation method of eval.methods on a tiny random backbone with the real SmolLM2
 tokenizer: sane predictions, BM25 retrieval, LongBench truncation, the compression budget,
 per-document caching and the errors."""
 
@@ -11,7 +11,7 @@ import pytest
 import h2mt_jax
 from h2mt_jax.data import prompts
 from h2mt_jax.data.synthetic import generate_manual
-from h2mt_jax.eval.baselines import METHODS, STOPWORDS, Prediction, chunk_ids, make_method
+from h2mt_jax.eval.methods import METHODS, STOPWORDS, Prediction, chunk_ids, make_method
 from h2mt_jax.hierarchy.build import BuildConfig
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
@@ -67,8 +67,10 @@ def test_every_method_gives_a_sane_prediction(methods, manual, name):
         assert len(p.retrieved) == 3 and len(set(p.retrieved)) == 3
     if name in ("rag_bm25", "rag_dense") or name.startswith("h2mt") or name == "tree_text":
         assert p.build_s > 0
-    if name in ("h2mt_oracle", "tree_text"):  # gold spans given: the gold leaves are read
+    if name == "h2mt_oracle":  # gold spans given: the gold leaves are read
         assert p.meta["route"] == "oracle" and p.retrieved
+    if name == "tree_text":  # the routed leaves' text, whatever gold there is
+        assert p.meta["route"] == "beam" and p.retrieved
     if name.startswith("h2mt") or name == "tree_text":
         assert {"query_s", "route_s", "prefill_s", "decode_s"} <= set(p.meta)
     if name == "hmt":  # reading the document is question-time work

@@ -20,7 +20,7 @@ from h2mt_jax.data.hotpotqa import load_hotpotqa
 from h2mt_jax.data.longbench import LONGBENCH_QA, load_longbench
 from h2mt_jax.data.records import DataError, DataWarning, QARecord, hub_available
 from h2mt_jax.data.wikitext import load_wikitext, split_tokens
-from h2mt_jax.hierarchy.parse import parse_hotpotqa
+from h2mt_jax.data.hotpotqa import parse_hotpotqa
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -281,7 +281,7 @@ def test_task_configs_without_a_local_file_load_the_hub(monkeypatch, tmp_path):
     # config and split, and the rows become the same items as the local files give.
     import configs.hotpotqa
     import configs.qasper
-    from h2mt_jax.train.data import load_items
+    from h2mt_jax.data.items import load_items
 
     hotpot = json.loads(shared("hotpotqa", "hotpot_dev_distractor_first100.json").read_text())
     qasper = shared("longbench", "qasper.jsonl").read_text()
@@ -322,7 +322,7 @@ def test_task_configs_without_a_local_file_load_the_hub(monkeypatch, tmp_path):
 
 def test_missing_local_file_names_both_ways(tmp_path):
     import configs.hotpotqa
-    from h2mt_jax.train.data import load_items
+    from h2mt_jax.data.items import load_items
 
     c = configs.hotpotqa.get_config()
     c.data.path = str(tmp_path / "absent.json")

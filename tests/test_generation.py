@@ -9,7 +9,7 @@ import pytest
 
 import h2mt_jax
 from conftest import make_tiny
-from h2mt_jax.generation.decode import bucket
+from h2mt_jax.shapes import bucket
 from h2mt_jax.generation.sampling import Sampling, choose, top_p_filter
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import h2mt_jax
 from conftest import shared_data
+from h2mt_jax.data import hotpotqa
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import BuildConfig
@@ -155,11 +156,11 @@ def test_other_modes_build_and_answer(tiny_lm, manual, leaf_mode, aggregator):
 def test_hotpotqa_record_builds_with_gold(h2mt):
     path = shared_data("hotpotqa", "hotpot_dev_distractor_first100.json")
     rec = json.load(open(path))[0]
-    text, outline = parse.parse_hotpotqa(rec)
+    text, outline = hotpotqa.parse_hotpotqa(rec)
     idx = h2mt.build(text, outline=outline)
     titles = {idx.spec.titles[i] for i in range(idx.spec.n_leaves)}
     assert set(rec["context"]["title"]) <= titles
-    gold = idx.leaves_for_spans(parse.hotpotqa_supporting_spans(rec, text))
+    gold = idx.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
     assert {idx.spec.titles[i] for i in gold} == set(rec["supporting_facts"]["title"])
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import h2mt_jax
-from h2mt_jax.hierarchy.build import _Node, _number, contiguous_groups
+from h2mt_jax.hierarchy.build import Node, number_nodes, contiguous_groups
 from h2mt_jax.hierarchy.index import append_leaves
 from h2mt_jax.hierarchy.memory import aggregate, sweep_memories
 from h2mt_jax.hierarchy.route import beam_route, flat_route
@@ -42,14 +42,14 @@ def specs(draw, max_fanout=5):
 
     def make(s):
         if isinstance(s, list):
-            return _Node(children=[make(c) for c in s])
-        n = _Node(leaf=(rng.integers(3, 200, size=int(rng.integers(1, LEAF_LEN + 1))).tolist(),
+            return Node(children=[make(c) for c in s])
+        n = Node(leaf=(rng.integers(3, 200, size=int(rng.integers(1, LEAF_LEN + 1))).tolist(),
                         (len(leaves), len(leaves) + 1)))
         leaves.append(n)
         return n
 
     root = make(shape)
-    spec = _number(root, leaves)
+    spec = number_nodes(root, leaves)
     spec.validate(fanout)
     return spec, fanout
 

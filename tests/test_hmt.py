@@ -1,4 +1,5 @@
-"""HMT: the scan against a plain loop, the FIFO cache, gradients, streaming, checkpoints."""
+"""HMT: the scan against a plain loop, the FIFO cache, gradients, streaming, training through the
+trainer, checkpoints, the config mapping."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import h2mt_jax
 from conftest import make_tiny
 from h2mt_jax.hmt import HMT, HMTConfig
 from h2mt_jax.hmt.cell import _push
-from h2mt_jax.hmt.train import TrainConfig, train_lm, window_loss, window_segments
+from h2mt_jax.hmt.loss import window_loss, window_segments
+from h2mt_jax.io import FormatError
 
 CFG = HMTConfig(segment_length=24, num_sensory=4, recall_dim=16, recall_context=3)
 
@@ -19,6 +21,22 @@ CFG = HMTConfig(segment_length=24, num_sensory=4, recall_dim=16, recall_context=
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     return h2mt_jax.load_lm(make_tiny(tmp_path_factory.mktemp("m"), "llama", seed=5))
+
+
+def lm_task(tmp_path, lm, tokens, seed=0, **train):
+    """The `hmt_lm` task of configs/wikitext.py over `tokens`, with CFG's memory and `train`
+    overrides, and its config (workdir in tmp_path, no resume)."""
+    from configs.wikitext import get_config
+    from h2mt_jax.train.hmt_lm import HMTLMTask
+
+    c = get_config()
+    c.workdir, c.resume, c.seed = str(tmp_path / "run"), False, seed
+    c.data.path, c.data.eval_tokens = "", 200
+    for k in c.hmt.keys():
+        c.hmt[k] = getattr(CFG, k)
+    c.train.checkpoint_every = 10_000  # one checkpoint, at the end
+    c.train.update(train)
+    return HMTLMTask(c, lm=lm, progress=False, tokens=tokens), c
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +143,26 @@ def test_perplexity_streams_and_matches_logits(hmt):
 
 
 def test_training_lowers_loss_and_roundtrips(hmt, tmp_path):
+    from h2mt_jax.train.trainer import train_and_evaluate
+
+    # Given a repeating pattern, trained through the trainer (memory parameters and LoRA)
     pattern = np.tile(np.random.default_rng(5).integers(0, 128, size=37), 60)
-    tc = TrainConfig(steps=30, batch_size=2, bptt_depth=3, lr=3e-2, warmup=2, lora_rank=4)
-    trained, hist = train_lm(hmt, pattern, tc, progress=False)
-    first = np.mean([h["loss"] for h in hist[:3]])
-    last = np.mean([h["loss"] for h in hist[-3:]])
-    assert last < first - 0.1
+    task, c = lm_task(tmp_path, hmt.lm, pattern, seed=1, steps=30, batch_size=2, bptt_depth=3,
+                      lr=3e-2, warmup=2, trainable="memory+lora", lora_rank=4)
+    results = train_and_evaluate(c, c.workdir, task=task, progress=False)
+    # Then the loss falls
+    losses = results["train_losses"]
+    assert len(losses) == 30
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
+    # And the exported model is the trained one (same held-out perplexity as in memory), with
+    # changed memory parameters and adapters, and it survives another save/load unchanged
+    trained = HMT.load(tmp_path / "run" / "model", lm=hmt.lm)
+    assert trained.lora is not None and trained.lora_scale == pytest.approx(16.0 / 4)
+    assert np.abs(np.asarray(trained.params["memory"]) - np.asarray(task.hmt.params["memory"])
+                  ).max() > 0
+    assert any(np.abs(np.asarray(ab["b"])).max() > 0 for ab in trained.lora.values())
+    got = trained.perplexity(task.eval_ids[None])
+    assert got["ppl"] == pytest.approx(results["after"]["ppl"], rel=1e-5)
     trained.save(tmp_path / "ckpt")
     again = HMT.load(tmp_path / "ckpt", lm=hmt.lm)
     ids = pattern[None, :100]
@@ -138,11 +170,46 @@ def test_training_lowers_loss_and_roundtrips(hmt, tmp_path):
                                atol=1e-6)
 
 
+def test_config_from_config_section():
+    from configs.common import base_config
+    from h2mt_jax.errors import ConfigError
+
+    # The defaults of configs/common.py are HMTConfig's, and every field maps over
+    section = base_config().hmt
+    assert HMTConfig.from_config(section) == HMTConfig()
+    section.segment_length, section.stage = 40, 1
+    assert HMTConfig.from_config(section) == HMTConfig(segment_length=40, stage=1)
+    assert HMTConfig.from_config({"num_sensory": 0}) == HMTConfig(num_sensory=0)
+    with pytest.raises(ConfigError, match="unknown HMT config field.*segment_len\\b"):
+        HMTConfig.from_config({"segment_len": 40})
+    with pytest.raises(ConfigError, match="leaves no room"):
+        HMTConfig.from_config({"segment_length": 10})
+
+
+def test_checkpoint_files(hmt, tmp_path):
+    # Given a saved HMT
+    hmt.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["hmt.json",
+                                                                     "hmt.safetensors"]
+    # A backbone of another hidden size is refused
+    other = h2mt_jax.random_lm(hidden_size=32, head_dim=8, vocab_size=128)
+    with pytest.raises(ValueError, match="backbone with d=64, this backbone has d=32"):
+        HMT.load(tmp_path / "ckpt", lm=other)
+    # And so is metadata of another format
+    meta = tmp_path / "ckpt" / "hmt.json"
+    meta.write_text(meta.read_text().replace("h2mt_jax.hmt/1", "h2mt_jax.hmt/0"))
+    with pytest.raises(FormatError, match="has format 'h2mt_jax.hmt/0', expected"):
+        HMT.load(tmp_path / "ckpt", lm=hmt.lm)
+
+
 def test_bad_input(hmt, tmp_path):
+    from h2mt_jax.train.trainer import train_and_evaluate
+
     with pytest.raises(ValueError, match="segment_length=10 leaves no room.*at least 35"):
         HMTConfig(segment_length=10, num_sensory=32)
+    task, c = lm_task(tmp_path, hmt.lm, np.arange(30) % 128, steps=1, bptt_depth=2)
     with pytest.raises(ValueError, match="fewer than one window"):
-        train_lm(hmt, np.arange(30) % 128, TrainConfig(steps=1, bptt_depth=2), progress=False)
+        train_and_evaluate(c, c.workdir, task=task, progress=False)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         hmt.logits(np.array([[1, 500]]))
     with pytest.raises(ValueError, match="do not match"):

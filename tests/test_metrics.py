@@ -149,5 +149,8 @@ def test_leaf_recall_counts_gold_among_the_first_k():
 
     assert leaf_recall({3}, [3, 1, 2], 2) == 1.0
     assert leaf_recall({3, 7}, [3, 1, 7], 2) == 0.5  # 7 is third
-    assert leaf_recall({1, 2, 3}, [1, 2, 9], 2) == 1.0  # at most k gold leaves can fit
+    assert leaf_recall({1, 2, 3}, [1, 2, 9], 2) == 2 / 3  # the fraction of all gold leaves
     assert leaf_recall(set(), [1], 2) != leaf_recall(set(), [1], 2)  # NaN without gold
+    # never smaller at a larger k (the old "at most k can fit" denominator broke this)
+    ranked, gold = [5, 1, 9, 2, 7, 3], {1, 2, 3}
+    assert [leaf_recall(gold, ranked, k) for k in (1, 2, 4, 6)] == [0.0, 1 / 3, 2 / 3, 1.0]

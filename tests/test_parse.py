@@ -12,13 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from h2mt_jax.data.hotpotqa import hotpotqa_supporting_spans, parse_hotpotqa
 from h2mt_jax.hierarchy.parse import (
     FORMATS,
     Section,
     clean_text,
-    hotpotqa_supporting_spans,
     parse_document,
-    parse_hotpotqa,
     parse_longbench_passages,
     parse_markdown,
     parse_narrativeqa,

@@ -48,13 +48,9 @@ def test_configs_load_and_tiny_trains_two_steps(name, tmp_path, smollm2):
             assert after[key] != after[key] or 0 <= after[key] <= 1  # NaN when none
 
 
-def test_unknown_variant_and_field():
+def test_unknown_variant():  # unknown fields on the command line: tests/test_cli_io.py
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         load_config("demo", "huge")
-    out = subprocess.run([sys.executable, "train.py", "--config=configs/demo.py",
-                          "--config.train.no_such_field=1"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode != 0 and "no_such_field" in out.stderr
 
 
 def _tiny_run(tmp_path, steps, stop_after=0, workdir="run"):
@@ -205,3 +201,46 @@ def test_evaluate_bad_inputs(tmp_path, smollm2):
     r = subprocess.run(base + ["--config.method=h2mt", f"--config.checkpoint={tmp_path / 'other'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "d=576" in r.stderr and "d=64" in r.stderr
+
+
+def test_train_and_evaluate_agree_on_the_same_checkpoint_and_items(tmp_path, smollm2):
+    # train.py's evaluation and evaluate.py run one path (eval.example.evaluate_example), HotpotQA
+    # layout (per-item outline) included: the same checkpoint and items give the same numbers.
+    from h2mt_jax.eval.runner import run_evaluation
+    from h2mt_jax.train.trainer import train_and_evaluate
+
+    source = shared_data("hotpotqa", "hotpot_dev_distractor_first100.json")
+    records = json.loads(source.read_text())[:6]
+    data = tmp_path / "hotpot6.json"
+    data.write_text(json.dumps(records))
+    c = load_config("hotpotqa", "tiny")
+    c.data.path, c.data.held_out, c.eval.max_examples = str(data), 0.5, 0
+    results = train_and_evaluate(c, str(tmp_path / "run"), progress=False)
+    after = results["after"]
+    assert after["n"] == 3 and after["recall_at_4"] >= after["recall_at_2"]
+    held = tmp_path / "held.json"  # exactly the held-out records, for evaluate.py
+    from h2mt_jax.data.hotpotqa import load_hotpotqa
+    from h2mt_jax.data.items import load_items
+
+    held_questions = {it.question for it in load_items(c.data, c.seed)[1]}
+    held.write_text(json.dumps([r for r in records if r["question"] in held_questions]))
+    e = load_config("hotpotqa", "tiny")
+    e.data.path, e.method, e.checkpoint = str(held), "h2mt", str(tmp_path / "run")
+    e.output, e.eval.max_examples = str(tmp_path / "eval.json"), 0
+    summary = run_evaluation(e, progress=False)["summary"]["h2mt"]
+    assert summary["n"] == after["n"] == len(load_hotpotqa(str(held)))
+    assert summary["f1"] == pytest.approx(after["f1"], abs=1e-9)
+    assert summary["routing_recall@2"] == pytest.approx(after["recall_at_2"], abs=1e-9)
+    assert summary["routing_recall@4"] == pytest.approx(after["recall_at_4"], abs=1e-9)
+    text = (tmp_path / "run" / "results.json").read_text()
+    assert "NaN" not in text and json.loads(text)["after"]["n"] == 3  # strict JSON
+    # a resumed run reads the training indexes from the workdir instead of rebuilding them
+    cached = sorted(p.name for p in (tmp_path / "run" / "indexes").iterdir())
+    assert "indexes.json" in cached and len(cached) == 1 + 3
+    from h2mt_jax.hierarchy.h2mt import H2MT
+    from h2mt_jax.train.h2mt_qa import H2MTQATask
+
+    task = H2MTQATask(c, progress=False, workdir=str(tmp_path / "run"))
+    task.h2mt.build = lambda *a, **k: pytest.fail("a cached training index was rebuilt")
+    assert len(task.examples(task.train_items)) == 3
+    assert isinstance(task.h2mt, H2MT)

@@ -8,7 +8,7 @@ Layout choices made for speed on CPU and accelerators alike:
   per step.
 
 Entry points take input embeddings (`embed` turns ids into them), so memory methods can feed
-vectors that are not tokens. Heavy paths run under `jax.jit` through `h2mt_jax.backbone.forward`.
+vectors that are not tokens. Heavy paths run under `jax.jit` in their callers (`h2mt_jax.lm`, `h2mt_jax.generation`).
 """
 
 from __future__ import annotations

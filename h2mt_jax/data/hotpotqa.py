@@ -7,7 +7,7 @@ or a ``.jsonl`` file of such records, or a split name ("train", "validation", al
 slice such as "validation[:100]" is passed on) loaded with
 ``datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split=...)`` only when online.
 
-`context` and `gold_spans` come from `h2mt_jax.hierarchy.parse`: the text is what
+`context` and `gold_spans` come from the layout functions below: the text is what
 `parse_hotpotqa(record)` returns ("Title\\nsent sent\\n\\nTitle\\n..."), `gold_spans` the supporting
 sentences' spans in `supporting_facts` order (facts naming a missing sentence are dropped, as
 the parser does). The raw record stays in ``meta["record"]`` so callers can re-parse the outline.
@@ -25,12 +25,67 @@ from pathlib import Path
 from h2mt_jax.data.records import (DataError, IssueLog, MalformedRecord, QARecord, check_limit,
                                    check_on_error, convert_jsonl, decode, iter_hub_rows,
                                    load_hub_dataset, looks_like_path, read_bytes)
-from h2mt_jax.hierarchy.parse import hotpotqa_supporting_spans, parse_hotpotqa
+from h2mt_jax.data.outline import Section, Span, clean_text, outline_from_passages
 
 HUB_REPO, HUB_CONFIG = "hotpotqa/hotpot_qa", "distractor"
 _SPLIT = re.compile(r"(train|validation|dev)(\[[^\]]*\])?")
 
 
+# ----------------------------------------------------------------------------- layout
+def _hotpotqa_layout(record: dict) -> tuple[str, list[str], list[list], list[tuple[str, int]]]:
+    """Text "Title\\nsent sent ...\\n\\nTitle\\n...", its titles, per-sentence spans (None: empty
+    sentence) and supporting (title, sent_id) facts of a Hugging Face or original-layout record."""
+    ctx, sf = record["context"], record.get("supporting_facts") or {}
+    pairs = zip(ctx["title"], ctx["sentences"]) if isinstance(ctx, dict) else ctx
+    facts = zip(sf.get("title", []), sf.get("sent_id", [])) if isinstance(sf, dict) else sf
+    parts, pos, titles, layout = [], 0, [], []
+    for title, sents in pairs:
+        titles.append(" ".join(clean_text(str(title)).split()))
+        parts.append(("\n\n" if parts else "") + titles[-1] + "\n")
+        pos += len(parts[-1])
+        spans: list[Span | None] = []
+        for sent in sents:
+            sent = clean_text(sent).strip()
+            if sent and any(spans):
+                parts.append(" ")
+                pos += 1
+            parts.append(sent)
+            spans.append((pos, pos + len(sent)) if sent else None)
+            pos += len(sent)
+        layout.append(spans)
+    return "".join(parts), titles, layout, [(str(t), int(i)) for t, i in facts]
+
+
+def parse_hotpotqa(record: dict) -> tuple[str, Section]:
+    """A HotpotQA record -> (source text, outline): a "passage" per title, a span per sentence."""
+    text, titles, layout, _ = _hotpotqa_layout(record)
+    return text, outline_from_passages(titles, layout)
+
+
+def hotpotqa_supporting_spans(record: dict, outline_or_text: Section | str) -> list[Span]:
+    """Spans of the record's supporting-fact sentences, in `supporting_facts` order.
+
+    `outline_or_text` is either part of what `parse_hotpotqa(record)` returned; it is checked
+    against the record (ValueError on a mismatch). Facts naming an unknown title, an empty
+    sentence or an out-of-range sentence index (a few exist in HotpotQA) are skipped.
+    """
+    text, titles, layout, facts = _hotpotqa_layout(record)
+    if isinstance(outline_or_text, Section):
+        if [c.title for c in outline_or_text.children] != titles:
+            raise ValueError("outline does not belong to this record")
+    elif outline_or_text != text:
+        raise ValueError("text does not belong to this record")
+    out = []
+    for title, sent_id in facts:
+        title = " ".join(clean_text(title).split())
+        for k, t in enumerate(titles):
+            if t == title and 0 <= sent_id < len(layout[k]) and layout[k][sent_id]:
+                out.append(layout[k][sent_id])
+                break
+    return out
+
+
+# ----------------------------------------------------------------------------- records
 def hotpotqa_record(obj: dict, *, default_id: str, require_answers: bool = True,
                     meta: dict | None = None) -> QARecord:
     """A `QARecord` from one HotpotQA record; `MalformedRecord` names the first problem."""

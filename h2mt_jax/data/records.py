@@ -19,12 +19,13 @@ import threading
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 ON_ERROR = ("skip", "stop")
 HUB_TIMEOUT_S = 3.0
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _SHOWN = 5  # entries named in a summary warning
+SKIPPED = object()  # an entry already reported as malformed
 
 
 @dataclass
@@ -149,29 +150,46 @@ def convert_jsonl(path: os.PathLike | str, log: IssueLog,
     Blank lines are ignored; a leading BOM is dropped. Bad JSON, a non-object line or a
     `MalformedRecord` from `convert` goes to `log`; stops once `limit` records are converted.
     """
+    def objects():
+        for n, raw in enumerate(read_bytes(path, "jsonl file").split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            text = decode(raw, log, n)
+            text = text.removeprefix("\ufeff") if n == 1 else text
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                log.bad(n, f"bad JSON ({err.msg} at column {err.colno})")
+                obj = SKIPPED
+            except RecursionError:  # e.g. 100k nested brackets: malformed, not a crash
+                log.bad(n, "bad JSON (nested too deeply)")
+                obj = SKIPPED
+            if obj is not SKIPPED and not isinstance(obj, dict):
+                log.bad(n, f"not a JSON object (got {type(obj).__name__})")
+                obj = SKIPPED
+            yield n, obj
+
+    return convert_all(objects(), log, convert, limit)
+
+
+def convert_all(numbered: Iterable[tuple[int, Any]], log: IssueLog,
+                convert: Callable[[Any, int], Any], limit: int | None) -> list:
+    """`convert(obj, n)` of each `(n, obj)` until `limit` records are converted; a
+    `MalformedRecord` goes to `log`, which warns once at the end (counting what was read).
+    `SKIPPED` entries (already reported to `log`) are counted, not converted."""
     out: list = []
-    total = 0
-    for n, raw in enumerate(read_bytes(path, "jsonl file").split(b"\n"), 1):
+    seen = 0
+    for n, obj in numbered:
         if limit is not None and len(out) >= limit:
             break
-        if not raw.strip():
-            continue
-        total += 1
-        text = decode(raw, log, n)
-        text = text.removeprefix("\ufeff") if n == 1 else text
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            log.bad(n, f"bad JSON ({err.msg} at column {err.colno})")
-            continue
-        if not isinstance(obj, dict):
-            log.bad(n, f"not a JSON object (got {type(obj).__name__})")
+        seen += 1
+        if obj is SKIPPED:
             continue
         try:
             out.append(convert(obj, n))
         except MalformedRecord as err:
             log.bad(n, str(err))
-    log.warn(total, stacklevel=4)
+    log.warn(seen, stacklevel=4)
     return out
 
 
@@ -254,15 +272,4 @@ def download_hub_file(repo_id: str, filename: str, *, what: str, local_hint: str
 def iter_hub_rows(rows: Any, log: IssueLog, convert: Callable[[Any, int], Any],
                   limit: int | None) -> list:
     """Converts hub rows (1-based record numbers) with the same error policy as files."""
-    out: list = []
-    seen = 0
-    for seen, row in enumerate(rows, 1):
-        if limit is not None and len(out) >= limit:
-            seen -= 1
-            break
-        try:
-            out.append(convert(row, seen))
-        except MalformedRecord as err:
-            log.bad(seen, str(err))
-    log.warn(seen, stacklevel=4)
-    return out
+    return convert_all(enumerate(rows, 1), log, convert, limit)

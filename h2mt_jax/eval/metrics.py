@@ -96,19 +96,20 @@ DATASET_METRIC: dict[str, Callable[[str, str], float]] = {
 
 
 def score_example(dataset: str, prediction: str, answers: Sequence[str],
-                  all_classes: Sequence[str] | None = None) -> float:
+                  all_classes: Sequence[str] | None = None, *, strict: bool = True) -> float:
     """Max over the gold `answers` of the dataset's metric, in [0, 1] (LongBench's per-example score).
 
     For trec/triviaqa/samsum/lsht the prediction is first cut to its first line after dropping
     leading newlines. `all_classes` is accepted for LongBench's signature; no metric here uses it.
+    An unknown dataset is a ValueError, or scored with `qa_f1_score` when `strict` is False.
     """
-    if dataset not in DATASET_METRIC:
+    if dataset not in DATASET_METRIC and strict:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASET_METRIC)}")
     if not answers:
         raise ValueError(f"dataset {dataset!r}: an example has no gold answers")
     if dataset in _FIRST_LINE_DATASETS:
         prediction = prediction.lstrip("\n").split("\n")[0]
-    metric = DATASET_METRIC[dataset]
+    metric = DATASET_METRIC.get(dataset, qa_f1_score)
     return max(0.0, *(metric(prediction, answer) for answer in answers))
 
 
@@ -126,8 +127,8 @@ def dataset_score(dataset: str, predictions: Sequence[str], answers_list: Sequen
 
 
 def leaf_recall(gold: set[int], ranked: Sequence[int], k: int) -> float:
-    """Routing recall@k: the fraction of the gold leaves (at most `k` of them can fit) found
-    among the first `k` of `ranked`. NaN when there is no gold leaf."""
+    """Routing recall@k: the fraction of the gold leaves found among the first `k` of `ranked`
+    (never smaller for a larger `k`). NaN when there is no gold leaf."""
     if not gold:
         return float("nan")
-    return len(set(gold) & set(list(ranked)[:k])) / min(len(gold), k)
+    return len(set(gold) & set(list(ranked)[:k])) / len(gold)

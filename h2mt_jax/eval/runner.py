@@ -11,23 +11,22 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from h2mt_jax.data import prompts
+from h2mt_jax.data.items import load_items
 from h2mt_jax.errors import ConfigError
-from h2mt_jax.io import atomic_write, write_json
-from h2mt_jax.eval.metrics import DATASET_METRIC, leaf_recall, qa_f1_score, rouge_l_score
+from h2mt_jax.eval.example import EvalSettings, evaluate_example, warm_up
+from h2mt_jax.io import atomic_write, dumps, write_json
+from h2mt_jax.lm import backbone_from_config
 
 QUALITY_KEY = "f1"
 
 
 def eval_items(config):
-    """The items to evaluate: a whole LongBench/HotpotQA file, or the held-out synthetic docs."""
-    from h2mt_jax.train.data import load_items
-
+    """The items to evaluate: a whole LongBench/HotpotQA file (or the hub's evaluation split),
+    or the held-out synthetic docs."""
     items = load_items(config.data, config.seed, split=False)[1]
     if config.eval.get("max_examples", 0):
         items = items[:config.eval.max_examples]
@@ -36,9 +35,9 @@ def eval_items(config):
 
 def _load_models(config, lm, methods):
     """(h2mt, hmt): from checkpoints when given, else fresh parameters."""
+    from h2mt_jax.hierarchy.config import H2MTConfig
     from h2mt_jax.hierarchy.h2mt import H2MT
     from h2mt_jax.hmt import HMT, HMTConfig
-    from h2mt_jax.train.tasks import h2mt_config
 
     h2mt = hmt = None
     if any(m.startswith("h2mt") or m == "tree_text" for m in methods):
@@ -51,7 +50,7 @@ def _load_models(config, lm, methods):
             raise FileNotFoundError(f"config.checkpoint={ckpt!r} holds no H2MT checkpoint "
                                     "(h2mt.json)")
         else:
-            h2mt = H2MT.create(lm, h2mt_config(config.h2mt), seed=config.seed)
+            h2mt = H2MT.create(lm, H2MTConfig.from_config(config.h2mt), seed=config.seed)
     if "hmt" in methods:
         ckpt = config.get("hmt_checkpoint", "")
         if ckpt:
@@ -59,11 +58,7 @@ def _load_models(config, lm, methods):
                 ckpt, "model")
             hmt = HMT.load(sub, lm)
         else:
-            h = config.hmt
-            hmt = HMT.create(lm, HMTConfig(segment_length=h.segment_length,
-                                           num_sensory=h.num_sensory, recall_dim=h.recall_dim,
-                                           recall_context=h.recall_context,
-                                           sum_fraction=h.sum_fraction, stage=h.stage))
+            hmt = HMT.create(lm, HMTConfig.from_config(config.hmt))
     return h2mt, hmt
 
 
@@ -140,23 +135,9 @@ def plot(summary: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def _warm_up(method, it, extra, config, maxlen) -> None:
-    """One unrecorded answer, so compilation is not counted in the first example's TTFT."""
-    template = prompts.template_for(it.dataset, *extra)
-    try:
-        method.prepare(it.doc_id, it.context)
-        method.answer(it.doc_id, it.context, it.question, template,
-                      config.eval.max_new_tokens or maxlen.get(it.dataset, 32),
-                      gold_spans=it.gold_spans)
-    except ValueError:
-        pass
-
-
 def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     """Evaluates every method of `config.method` on the configured data; returns the output."""
-    from h2mt_jax.eval.baselines import H2MT_METHODS, METHODS, make_method
-    from h2mt_jax.eval.memory import PeakMemory
-    from h2mt_jax.train.tasks import load_backbone
+    from h2mt_jax.eval.methods import H2MT_METHODS, METHODS, make_method
 
     methods = [m.strip() for m in config.method.split(",") if m.strip()]
     for m in methods:
@@ -168,55 +149,25 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     items = eval_items(config)
     if not items:
         raise ValueError("no evaluation items: check config.data")
-    lm = lm or load_backbone(config)
+    lm = lm or backbone_from_config(config)
     h2mt, hmt = _load_models(config, lm, methods)
-    extra = [config.data.prompt_dir] if config.data.prompt_dir else []
-    if config.data.source == "longbench":
-        extra.append(os.path.dirname(os.path.abspath(config.data.path)))
-    maxlen = prompts.load_max_new_tokens(*extra)
+    settings = EvalSettings.from_config(config)
     done = _done(partial)
     rows = list(done.values())
     k = config.eval.get("k", 4)
     indexes: dict = {}  # doc_id -> (index, build_s), shared by the H²MT methods
     index_owner = next((m for m in methods if m in H2MT_METHODS), None)
     for name in methods:
-        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, fmt=items[0].fmt,
-                             index_cache=indexes)
+        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, index_cache=indexes)
         todo = [it for it in items if (name, it.qid or it.doc_id) not in done]
         if todo and config.eval.get("warmup", True):
-            _warm_up(method, todo[0], extra, config, maxlen)
+            warm_up(method, todo[0], settings)
         for it in tqdm(todo, desc=f"evaluating {name}", disable=not progress):
-            template = prompts.template_for(it.dataset, *extra)
-            new_tokens = config.eval.max_new_tokens or maxlen.get(it.dataset, 32)
-            row = {"method": name, "id": it.qid or it.doc_id, "doc_id": it.doc_id,
-                   "dataset": it.dataset, "question": it.question, "answers": it.answers}
+            row = evaluate_example(method, it, settings)
             if name in H2MT_METHODS and name != index_owner:
                 row["index_shared_with"] = index_owner
-            try:
-                t0 = time.perf_counter()
-                method.prepare(it.doc_id, it.context)
-                row["build_s"] = time.perf_counter() - t0 if name != "full" else 0.0
-                with PeakMemory() as mem:
-                    pred = method.answer(it.doc_id, it.context, it.question, template,
-                                         new_tokens, gold_spans=it.gold_spans)
-                metric = DATASET_METRIC.get(it.dataset, qa_f1_score)
-                row.update(prediction=pred.text, ttft_s=pred.ttft_s, total_s=pred.total_s,
-                           prompt_tokens=pred.prompt_tokens, peak_mem_mb=mem.working_mb,
-                           f1=max(metric(pred.text, a) for a in it.answers),
-                           rouge_l=max(rouge_l_score(pred.text, a) for a in it.answers))
-                if pred.build_s:
-                    row["build_s"] = pred.build_s
-                if it.gold_spans and pred.retrieved is not None and name.startswith("h2mt"):
-                    index = method.index(it.doc_id)
-                    if index is not None:
-                        gold = set(index.leaves_for_spans(it.gold_spans))
-                        if gold:
-                            for kk in (2, 4):
-                                row[f"recall@{kk}"] = leaf_recall(gold, pred.retrieved, kk)
-            except ValueError as e:  # e.g. an oracle without gold: recorded, not fatal
-                row["error"] = str(e)[:300]
             with open(partial, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(dumps(row, indent=None) + "\n")
             rows.append(row)
     summary = summarize(rows)
     result = {"summary": summary if len(methods) > 1 else {**summary[methods[0]],

@@ -20,18 +20,6 @@ from h2mt_jax.generation.sampling import Sampling, choose
 from h2mt_jax.typing import Array, Float, Int
 
 # Prompt and cache lengths are rounded up to one of these, then to multiples of the largest.
-BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-
-
-def bucket(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
-    """The smallest bucket >= n (multiples of the last bucket past it)."""
-    for b in buckets:
-        if n <= b:
-            return b
-    top = buckets[-1]
-    return -(-n // top) * top
-
-
 def _last_hidden(hidden: Float[Array, "b t d"], lengths: Int[Array, "b"]) -> Float[Array, "b d"]:
     idx = jnp.clip(lengths - 1, 0, hidden.shape[1] - 1)
     return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]

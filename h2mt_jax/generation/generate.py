@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from h2mt_jax.generation.decode import bucket, decode, prefill, prefill_tokens
+from h2mt_jax.generation.decode import decode, prefill, prefill_tokens
+from h2mt_jax.shapes import bucket
 from h2mt_jax.generation.sampling import Sampling
 
 

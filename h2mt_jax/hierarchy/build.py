@@ -47,9 +47,11 @@ class BuildConfig:
 
 
 @dataclasses.dataclass
-class _Node:
+class Node:
+    """A tree node while building: a leaf `(tokens, span)` or children, and its title."""
+
     leaf: tuple[list[int], tuple[int, int]] | None = None  # (tokens, span) for leaves
-    children: list["_Node"] = dataclasses.field(default_factory=list)
+    children: list["Node"] = dataclasses.field(default_factory=list)
     title: str | None = None
 
 
@@ -76,7 +78,7 @@ def _pieces(text: str, span: tuple[int, int], tokenizer, limit: int, lead: str =
 
 def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int], title):
     """Packs the sentences of text blocks into leaves of at most `leaf_tokens` tokens."""
-    leaves: list[_Node] = []
+    leaves: list[Node] = []
     cur: list[int] = []
     cur_span: list[int] | None = None
 
@@ -84,7 +86,7 @@ def _leaves(text: str, spans, tokenizer, cfg: BuildConfig, title_ids: list[int],
         nonlocal cur, cur_span
         if cur:
             ids = cur + title_ids if cfg.title_position == "suffix" else title_ids + cur
-            leaves.append(_Node(leaf=(ids, (cur_span[0], cur_span[1])), title=title))
+            leaves.append(Node(leaf=(ids, (cur_span[0], cur_span[1])), title=title))
         cur, cur_span = [], None
 
     for block in spans:
@@ -136,12 +138,12 @@ def _from_section(sec: Section, text: str, tokenizer, cfg: BuildConfig, inherite
         start = text.find(head, cursor[0])
         start = start if start >= 0 else cursor[0]
         cursor[0] = start + len(head)
-        return _Node(leaf=(ids, (start, start + len(head))), title=sec.title)
+        return Node(leaf=(ids, (start, start + len(head))), title=sec.title)
     if not kids:
         return None
     if len(kids) == 1:
         return kids[0]
-    return _Node(children=kids, title=sec.title)
+    return Node(children=kids, title=sec.title)
 
 
 def _vectors(leaf_tokens: list[list[int]], embedding: np.ndarray | None, dim: int = 256):
@@ -185,7 +187,7 @@ def contiguous_groups(vectors: np.ndarray, fanout: int) -> list[tuple[int, int]]
     return groups
 
 
-def _enforce_fanout(node: _Node, leaf_vec, fanout: int) -> np.ndarray:
+def _enforce_fanout(node: Node, leaf_vec, fanout: int) -> np.ndarray:
     """Groups children bottom-up; returns the node's vector (mean of its leaves' vectors)."""
     if node.leaf is not None:
         return leaf_vec[id(node)]
@@ -197,7 +199,7 @@ def _enforce_fanout(node: _Node, leaf_vec, fanout: int) -> np.ndarray:
             if b - a == 1:
                 kids.append(node.children[a])
             else:
-                kids.append(_Node(children=node.children[a:b]))
+                kids.append(Node(children=node.children[a:b]))
             v = vecs[a:b].mean(0)
             new_vecs.append(v / max(np.linalg.norm(v), 1e-8))
         node.children, vecs = kids, np.stack(new_vecs)
@@ -215,8 +217,8 @@ def build_spec(text: str, outline: Section, tokenizer, cfg: BuildConfig = BuildC
     if root is None:
         raise ValueError("the document has no text to build leaves from")
     if root.leaf is not None:
-        root = _Node(children=[root])
-    leaves: list[_Node] = []
+        root = Node(children=[root])
+    leaves: list[Node] = []
 
     def collect(n):
         if n.leaf is not None:
@@ -227,14 +229,14 @@ def build_spec(text: str, outline: Section, tokenizer, cfg: BuildConfig = BuildC
     collect(root)
     vecs = _vectors([n.leaf[0] for n in leaves], embedding)
     _enforce_fanout(root, {id(n): v for n, v in zip(leaves, vecs)}, cfg.fanout)
-    return _number(root, leaves)
+    return number_nodes(root, leaves)
 
 
-def internal_in_order(root: _Node) -> list[_Node]:
+def internal_in_order(root: Node) -> list[Node]:
     """Internal nodes by increasing height, post-order within a height, root last (the node
-    numbering of `_number`, shared by incremental appends)."""
+    numbering of `number_nodes`, shared by incremental appends)."""
     height: dict[int, int] = {}
-    order: list[_Node] = []
+    order: list[Node] = []
 
     def visit(n) -> int:
         if n.leaf is not None:
@@ -250,7 +252,7 @@ def internal_in_order(root: _Node) -> list[_Node]:
     return internal + [root]
 
 
-def _number(root: _Node, leaves: list[_Node]) -> TreeSpec:
+def number_nodes(root: Node, leaves: list[Node]) -> TreeSpec:
     """Leaves 0..n-1 in document order, internal nodes by increasing height, root last."""
     internal = internal_in_order(root)
     ids = {id(n): i for i, n in enumerate(leaves)}

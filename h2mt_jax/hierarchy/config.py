@@ -59,6 +59,16 @@ class H2MTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_config(cls, c) -> "H2MTConfig":
+        """From a config file's `h2mt` section (ml_collections ConfigDict or dict; see
+        configs/common.py); fields it lacks keep this class's defaults."""
+        get = c.get
+        build_fields = {f.name for f in dataclasses.fields(BuildConfig)}
+        build = BuildConfig(**{k: get(k) for k in build_fields if get(k) is not None})
+        own = {f.name for f in dataclasses.fields(cls)} - {"build", "hmt"}
+        return cls(build=build, **{k: get(k) for k in own if get(k) is not None})
+
+    @classmethod
     def from_dict(cls, d: dict) -> "H2MTConfig":
         d = dict(d)
         d["build"] = BuildConfig(**d.get("build", {}))

@@ -19,16 +19,19 @@ import numpy as np
 from flax import nnx
 
 from h2mt_jax.data import prompts
-from h2mt_jax.generation.decode import bucket
+from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import build_spec
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
                                        sweep)
-from h2mt_jax.hierarchy.route import Route, beam_route, flat_route, node_scores, query_embedding
+from h2mt_jax.hierarchy.route import Route, beam_route, flat_route, query_embedding, score_nodes
 from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
+from h2mt_jax.io import load_tree, read_meta, save_tree, write_meta
 from h2mt_jax.lm import LM
+
+FORMAT = "h2mt_jax.h2mt/1"
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -39,7 +42,7 @@ def _query(graphdef, bparams, params, ids, lengths):
 
 @functools.partial(jax.jit, static_argnames=("k", "kind"))
 def _route(params, tree: Tree, mem, s, k: int, kind: str) -> Route:
-    scores = jnp.where(tree.node_mask, node_scores(params, s, mem), -jnp.inf)
+    scores = score_nodes(params, s, mem, tree.node_mask)
     return (beam_route if kind == "beam" else flat_route)(tree, scores, k)
 
 
@@ -80,14 +83,8 @@ class H2MT:
     def answer_lm(self) -> LM:
         """The backbone that encodes questions and answers: with the LoRA adapters merged when
         there are any (leaves and parents are always encoded by the base backbone)."""
-        if not self.lora:
-            return self.lm
         if self._answer_lm is None:
-            from h2mt_jax.backbone.lora import merge_lora
-
-            params = merge_lora(self.lm.params, self.lora, self.lora_scale)
-            self._answer_lm = LM(nnx.merge(self.lm.graphdef, params), self.lm.tokenizer,
-                                 self.lm.name)
+            self._answer_lm = self.lm.with_lora(self.lora, self.lora_scale)
         return self._answer_lm
 
     @classmethod
@@ -219,12 +216,7 @@ class H2MT:
         if not self.config.ancestors:
             return leaves
         parent, depth = index.spec.parents(), index.spec.depths()
-        anc = set()
-        for leaf in leaves:
-            p = parent[leaf]
-            while p >= 0 and p != index.spec.root:
-                anc.add(p)
-                p = parent[p]
+        anc = {a for leaf in leaves for a in index.spec.ancestors(leaf, parent)}
         return sorted(anc, key=lambda n: (depth[n], n)) + leaves
 
     def answer(self, index: Index, question: str, dataset: str = "synthetic",
@@ -246,7 +238,7 @@ class H2MT:
             leaves = index.leaf_ids(np.asarray(r.leaves))
             scores = [float(x) for x, i in zip(r.leaf_scores, r.leaves) if i >= 0]
             visited = [[index.spec_node(int(i)) for i in row if i >= 0] for row in r.visited]
-            node_sc = np.asarray(r.scores)[padded_ids(index.spec, index.tree)]
+            node_sc = np.asarray(r.scores)[index.padded_ids]
         tok = self.tokenizer
         alm = self.answer_lm
         t_asm = time.perf_counter()
@@ -258,8 +250,7 @@ class H2MT:
         else:
             pre, post = prompts.split_prompt(tok, template, question)
             nodes = self._selected_nodes(index, leaves)
-            pid = padded_ids(index.spec, index.tree)
-            mem = index.memories[pid[nodes]].reshape(-1, index.memories.shape[-1])
+            mem = index.node_memories(nodes).reshape(-1, index.memories.shape[-1])
             mem = np.asarray(read_memories(self.params, jnp.asarray(mem)))
             emb = self.embedding
             embeds = np.concatenate([emb[pre], mem, emb[post]])[None]
@@ -285,40 +276,24 @@ class H2MT:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, directory) -> None:
-        """Writes the memory parameters and config (`h2mt.safetensors`, `h2mt.json`)."""
-        import json
-
-        from safetensors.numpy import save_file
-
-        from h2mt_jax.hmt.checkpoint import _flatten
-
-        os.makedirs(directory, exist_ok=True)
+        """Writes the memory parameters and adapters (`h2mt.safetensors`) and the config
+        (`h2mt.json`, versioned), each atomically."""
         tensors = {"params": self.params, **({"lora": self.lora} if self.lora else {})}
-        save_file(_flatten(tensors), os.path.join(directory, "h2mt.safetensors"))
-        with open(os.path.join(directory, "h2mt.json"), "w") as f:
-            json.dump({"format": "h2mt_jax.h2mt/1", "config": self.config.to_dict(),
-                       "backbone": self.lm.name, "hidden_size": self.lm.config.hidden_size,
-                       "lora_scale": self.lora_scale}, f, indent=1)
+        save_tree(os.path.join(directory, "h2mt.safetensors"), jax.device_get(tensors))
+        write_meta(os.path.join(directory, "h2mt.json"), FORMAT, config=self.config.to_dict(),
+                   backbone=self.lm.name, hidden_size=self.lm.config.hidden_size,
+                   lora_scale=self.lora_scale)
 
     @classmethod
     def load(cls, directory, lm: LM | None = None) -> "H2MT":
-        import json
-
-        from safetensors.numpy import load_file
-
+        """An H2MT saved by `save`; the backbone by its saved name unless `lm` is given."""
         import h2mt_jax
-        from h2mt_jax.hmt.checkpoint import _unflatten
 
-        path = os.path.join(directory, "h2mt.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory} has no h2mt.json: not an H2MT checkpoint")
-        with open(path) as f:
-            meta = json.load(f)
+        meta = read_meta(os.path.join(directory, "h2mt.json"), FORMAT, "an H2MT checkpoint")
         lm = lm or h2mt_jax.load_lm(meta["backbone"])
         if lm.config.hidden_size != meta["hidden_size"]:
             raise ValueError(f"checkpoint was trained on a backbone with d={meta['hidden_size']}, "
                              f"this backbone has d={lm.config.hidden_size}")
-        tree = jax.tree.map(jnp.asarray, _unflatten(load_file(os.path.join(directory,
-                                                                           "h2mt.safetensors"))))
+        tree = jax.tree.map(jnp.asarray, load_tree(os.path.join(directory, "h2mt.safetensors")))
         return cls(lm, H2MTConfig.from_dict(meta["config"]), tree["params"], tree.get("lora"),
                    meta.get("lora_scale", 1.0))

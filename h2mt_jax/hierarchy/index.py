@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 
 import numpy as np
 
-from h2mt_jax.hierarchy.build import BuildConfig, _Node, _number, internal_in_order
-from h2mt_jax.hierarchy.tree import Tree, TreeSpec, pad_tree, padded_ids
+from h2mt_jax.io import atomic_write, read_meta, write_meta
+
+from h2mt_jax.hierarchy.build import BuildConfig, Node, number_nodes, internal_in_order
+from h2mt_jax.hierarchy.tree import Tree, TreeSpec, pad_tree, padded_ids, spec_id
 
 FORMAT = "h2mt_jax.index/1"
 
@@ -42,9 +42,17 @@ class Index:
         return [int(i) for i in padded if 0 <= i < self.spec.n_leaves]
 
     def spec_node(self, padded_id: int) -> int:
-        """Spec node id of a padded node id."""
-        lp = self.tree.num_leaf_slots
-        return padded_id if padded_id < lp else self.spec.n_leaves + (padded_id - lp)
+        """Spec node id of a padded node id (-1 for padding)."""
+        return spec_id(self.spec, self.tree, padded_id)
+
+    @property
+    def padded_ids(self) -> np.ndarray:
+        """Padded node id of every spec node (`tree.padded_ids`)."""
+        return padded_ids(self.spec, self.tree)
+
+    def node_memories(self, nodes: list[int]) -> np.ndarray:
+        """Memories of spec nodes: `[len(nodes), m, d]`."""
+        return self.memories[self.padded_ids[list(nodes)]]
 
     def leaves_for_spans(self, spans: list[tuple[int, int]]) -> list[int]:
         """Leaves whose character span overlaps any of `spans` (gold leaves from gold text)."""
@@ -56,31 +64,21 @@ class Index:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory) -> None:
-        """Writes `index.json` (text, tree lists, config) and `memories.npy`, atomically."""
-        os.makedirs(directory, exist_ok=True)
-        meta = {"format": FORMAT, "doc_id": self.doc_id, "text": self.text,
-                "build": dataclasses.asdict(self.build), "timings": self.timings,
-                "leaf_tokens": self.spec.leaf_tokens, "leaf_spans": self.spec.leaf_spans,
-                "children": self.spec.children, "titles": self.spec.titles,
-                "padding": {"leaves": self.tree.num_leaf_slots, "nodes": self.tree.num_nodes,
+        """Writes `memories.npy` and then `index.json` (text, tree lists, config), each
+        atomically (the metadata last, so a reader never sees it before its memories)."""
+        atomic_write(os.path.join(directory, "memories.npy"), lambda f: np.save(f, self.memories))
+        write_meta(os.path.join(directory, "index.json"), FORMAT, indent=None,
+                   doc_id=self.doc_id, text=self.text, build=dataclasses.asdict(self.build),
+                   timings=self.timings, leaf_tokens=self.spec.leaf_tokens,
+                   leaf_spans=self.spec.leaf_spans, children=self.spec.children,
+                   titles=self.spec.titles,
+                   padding={"leaves": self.tree.num_leaf_slots, "nodes": self.tree.num_nodes,
                             "height": self.tree.max_height,
-                            "width": int(self.tree.level_nodes.shape[1])}}
-        for name, writer in (("memories.npy", lambda f: np.save(f, self.memories)),
-                             ("index.json", lambda f: f.write(json.dumps(meta).encode()))):
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                writer(f)
-            os.replace(tmp, os.path.join(directory, name))
+                            "width": int(self.tree.level_nodes.shape[1])})
 
     @classmethod
     def load(cls, directory) -> "Index":
-        path = os.path.join(directory, "index.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory} has no index.json: not an H2MT index")
-        with open(path) as f:
-            meta = json.load(f)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        meta = read_meta(os.path.join(directory, "index.json"), FORMAT, "an H2MT index")
         spec = TreeSpec(leaf_tokens=meta["leaf_tokens"],
                         leaf_spans=[tuple(s) for s in meta["leaf_spans"]],
                         children=meta["children"], titles=meta["titles"])
@@ -95,12 +93,12 @@ class Index:
                    meta.get("timings", {}))
 
 
-def spec_to_nodes(spec: TreeSpec) -> tuple[_Node, list[_Node], dict[int, int]]:
+def spec_to_nodes(spec: TreeSpec) -> tuple[Node, list[Node], dict[int, int]]:
     """Nested nodes of a spec, the leaves in order, and node object id -> spec id."""
-    nodes = [_Node(leaf=(spec.leaf_tokens[i], tuple(spec.leaf_spans[i])), title=spec.titles[i])
+    nodes = [Node(leaf=(spec.leaf_tokens[i], tuple(spec.leaf_spans[i])), title=spec.titles[i])
              for i in range(spec.n_leaves)]
     for n in range(spec.n_leaves, spec.n_nodes):
-        nodes.append(_Node(children=[nodes[c] for c in spec.children[n]], title=spec.titles[n]))
+        nodes.append(Node(children=[nodes[c] for c in spec.children[n]], title=spec.titles[n]))
     return nodes[-1], nodes[:spec.n_leaves], {id(x): i for i, x in enumerate(nodes)}
 
 
@@ -116,7 +114,7 @@ def append_leaves(spec: TreeSpec, new_leaves: list[tuple[list[int], tuple[int, i
     root, leaves, old_id = spec_to_nodes(spec)
     dirty: set[int] = set()
     for tokens, span in new_leaves:
-        leaf = _Node(leaf=(tokens, span))
+        leaf = Node(leaf=(tokens, span))
         leaves.append(leaf)
         path = [root]  # the right spine down to height 1
         while path[-1].children and path[-1].children[-1].leaf is None:
@@ -127,9 +125,9 @@ def append_leaves(spec: TreeSpec, new_leaves: list[tuple[list[int], tuple[int, i
                 node.children.append(carry)
                 carry = None
                 break
-            carry = _Node(children=[carry])  # a new node one level up, same height as `node`
+            carry = Node(children=[carry])  # a new node one level up, same height as `node`
         if carry is not None:  # the whole spine is full: grow a new root
-            root = _Node(children=[root, carry])
+            root = Node(children=[root, carry])
         # the new leaf is the rightmost one: its ancestors are the right spine
         node = root
         while True:
@@ -137,7 +135,7 @@ def append_leaves(spec: TreeSpec, new_leaves: list[tuple[list[int], tuple[int, i
             if node.leaf is not None:
                 break
             node = node.children[-1]
-    new = _number(root, leaves)
+    new = number_nodes(root, leaves)
     # map new ids back to old ones through the node objects
     order = leaves + internal_in_order(root)
     old_of_new = np.asarray([old_id.get(id(n), -1) for n in order], np.int32)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from h2mt_jax.generation.decode import bucket
+from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.tree import Tree
 from h2mt_jax.hmt.cell import init_params as init_hmt_params

@@ -1,4 +1,4 @@
-"""Document structure parsers: source text -> `Section` outline (DESIGN.md §4.2 step 1).
+"""Document structure parsers: source text -> `Section` outline (docs/algorithms.md, hierarchy).
 
 Contract: outlines never copy text. Every `Section.spans` entry is a character span ``[start,
 end)`` into ONE source string, the *cleaned* text, so callers first do ``text = clean_text(raw)``
@@ -25,66 +25,16 @@ without blank lines) is also cut after lines that end a sentence well short of t
 from __future__ import annotations
 
 import re
-import warnings
-from dataclasses import dataclass, field
-from typing import Iterator
 
-Span = tuple[int, int]
+from h2mt_jax.data.outline import Section, Span, clean_text, validate_outline
+
+__all__ = ["FORMATS", "Section", "Span", "clean_text", "parse_document", "parse_longbench_passages",
+           "parse_markdown", "parse_narrativeqa", "parse_plain", "parse_qasper", "parse_wikitext",
+           "split_sentences", "validate_outline"]
+
 WRAP_WIDTH = 100  # a block with a longer non-final line holds one paragraph per line
 LONG_BLOCK_LINES = 40  # longer wrapped blocks are also cut at short sentence-final lines
 FORMATS = ("auto", "plain", "markdown", "wikitext", "longbench_passages", "qasper", "narrativeqa")
-
-
-@dataclass
-class Section:
-    """A node of a document outline.
-
-    title: heading or passage title, None for untitled blocks. spans: ``[start, end)`` spans of
-    this section's own text blocks (paragraphs, or sentences for HotpotQA) in the cleaned source
-    text, in order, before the children in reading order. children: sub-sections in document
-    order. kind: "document", "passage", "part", "chapter", "act", "scene", "section", "paragraph".
-    """
-
-    title: str | None
-    spans: list[Span] = field(default_factory=list)
-    children: list["Section"] = field(default_factory=list)
-    kind: str = "section"
-
-    def walk(self) -> Iterator["Section"]:
-        """This section and its descendants in pre-order (document order)."""
-        yield self
-        for child in self.children:
-            yield from child.walk()
-
-    def all_spans(self) -> list[Span]:
-        """Every span of the outline, in document order."""
-        return [span for sec in self.walk() for span in sec.spans]
-
-
-# ----------------------------------------------------------------------------- input hygiene
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])"
-                             "|(?<![\ud800-\udbff])[\udc00-\udfff]")
-
-
-def clean_text(text: str | bytes | bytearray) -> str:
-    """The str that parsers' spans index into (module docstring); warns when it repairs input."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        data = bytes(text)
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            warnings.warn(f"invalid UTF-8 at byte offset {err.start}: invalid sequences replaced "
-                          "by U+FFFD", UnicodeWarning, stacklevel=2)
-            return data.decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        raise TypeError(f"expected str or bytes, got {type(text).__name__}")
-    if _SURROGATE.search(text) is None:
-        return text
-    if lone := _LONE_SURROGATE.search(text):
-        warnings.warn(f"lone surrogate at character offset {lone.start()}: replaced by U+FFFD",
-                      UnicodeWarning, stacklevel=2)
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _prepare(text: str | bytes) -> str:
@@ -92,17 +42,6 @@ def _prepare(text: str | bytes) -> str:
     if not text.strip():
         raise ValueError("empty document")
     return text
-
-
-def validate_outline(outline: Section, text: str) -> None:
-    """Raises ValueError unless the outline's spans satisfy the module invariants for `text`."""
-    prev = 0
-    for start, end in outline.all_spans():
-        if not prev <= start < end <= len(text):
-            raise ValueError(f"span {(start, end)} is empty, overlapping, out of order or range")
-        if text[start].isspace() or text[end - 1].isspace():
-            raise ValueError(f"span {(start, end)} has surrounding white space")
-        prev = end
 
 
 # ----------------------------------------------------------------------------- blocks and lines
@@ -472,63 +411,6 @@ def parse_narrativeqa(text: str | bytes) -> Section:
     if sum(it[0] == "h" for it in items) < 2:
         return _flat([p for b in blocks for p in _block_paragraphs(text, b)])
     return _nest(items)
-
-
-# ----------------------------------------------------------------------------- HotpotQA
-def _hotpotqa_layout(record: dict) -> tuple[str, list[str], list[list], list[tuple[str, int]]]:
-    """Text "Title\\nsent sent ...\\n\\nTitle\\n...", its titles, per-sentence spans (None: empty
-    sentence) and supporting (title, sent_id) facts of a Hugging Face or original-layout record."""
-    ctx, sf = record["context"], record.get("supporting_facts") or {}
-    pairs = zip(ctx["title"], ctx["sentences"]) if isinstance(ctx, dict) else ctx
-    facts = zip(sf.get("title", []), sf.get("sent_id", [])) if isinstance(sf, dict) else sf
-    parts, pos, titles, layout = [], 0, [], []
-    for title, sents in pairs:
-        titles.append(" ".join(clean_text(str(title)).split()))
-        parts.append(("\n\n" if parts else "") + titles[-1] + "\n")
-        pos += len(parts[-1])
-        spans: list[Span | None] = []
-        for sent in sents:
-            sent = clean_text(sent).strip()
-            if sent and any(spans):
-                parts.append(" ")
-                pos += 1
-            parts.append(sent)
-            spans.append((pos, pos + len(sent)) if sent else None)
-            pos += len(sent)
-        layout.append(spans)
-    return "".join(parts), titles, layout, [(str(t), int(i)) for t, i in facts]
-
-
-def parse_hotpotqa(record: dict) -> tuple[str, Section]:
-    """A HotpotQA record -> (source text, outline): a "passage" per title, a span per sentence."""
-    text, titles, layout, _ = _hotpotqa_layout(record)
-    if not any(s for spans in layout for s in spans):
-        raise ValueError("empty document")
-    passages = [Section(t, [s for s in sp if s], [], "passage") for t, sp in zip(titles, layout)]
-    return text, Section(None, [], passages, "document")
-
-
-def hotpotqa_supporting_spans(record: dict, outline_or_text: Section | str) -> list[Span]:
-    """Spans of the record's supporting-fact sentences, in `supporting_facts` order.
-
-    `outline_or_text` is either part of what `parse_hotpotqa(record)` returned; it is checked
-    against the record (ValueError on a mismatch). Facts naming an unknown title, an empty
-    sentence or an out-of-range sentence index (a few exist in HotpotQA) are skipped.
-    """
-    text, titles, layout, facts = _hotpotqa_layout(record)
-    if isinstance(outline_or_text, Section):
-        if [c.title for c in outline_or_text.children] != titles:
-            raise ValueError("outline does not belong to this record")
-    elif outline_or_text != text:
-        raise ValueError("text does not belong to this record")
-    out = []
-    for title, sent_id in facts:
-        title = " ".join(clean_text(title).split())
-        for k, t in enumerate(titles):
-            if t == title and 0 <= sent_id < len(layout[k]) and layout[k][sent_id]:
-                out.append(layout[k][sent_id])
-                break
-    return out
 
 
 # ----------------------------------------------------------------------------- dispatch

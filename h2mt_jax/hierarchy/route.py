@@ -1,7 +1,7 @@
 """Coarse-to-fine routing of a question through the tree, under `jit` with static shapes.
 
 Query embedding `s = f([E(question) ‖ p])` at `p`'s position; node score
-`(s W_q)·(mean_m mem(u) W_k) / sqrt(d_h)`. `beam_route` starts at the root's children and, for
+`(s W_q)·(mean_m mem(u) W_k) / sqrt(d_h)` (`score_nodes` masks padding with `MASKED`). `beam_route` starts at the root's children and, for
 a fixed number of steps (the padded height), keeps the top `k` candidates and replaces each kept
 internal node by its children; kept leaves stay candidates. The frontier has `k + k·B` fixed
 slots. `flat_route` ranks all leaves (the unpruned baseline).
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 from h2mt_jax.hierarchy.memory import encode_with_write_tokens
 from h2mt_jax.hierarchy.tree import Tree
-from h2mt_jax.typing import Array, Float, Int
+from h2mt_jax.typing import Array, Bool, Float, Int
 
-NEG = -jnp.inf
+MASKED = -1e30  # the score of padding and excluded nodes: finite, so softmaxes stay NaN-free
 
 
 def query_embedding(model, params, ids: Int[Array, "b t"], lengths: Int[Array, "b"]
@@ -34,6 +34,13 @@ def node_scores(params, s: Float[Array, "d"], mem: Float[Array, "n m d"]) -> Flo
     return keys @ q / jnp.sqrt(jnp.float32(dh))
 
 
+def score_nodes(params, s: Float[Array, "d"], mem: Float[Array, "n m d"],
+                mask: Bool[Array, "n"]) -> Float[Array, "n"]:
+    """`node_scores` with the nodes outside `mask` (padding) set to `MASKED`: the one place
+    where node scores are masked (routing, training losses)."""
+    return jnp.where(mask, node_scores(params, s, mem), MASKED)
+
+
 @flax.struct.dataclass
 class Route:
     """Selected leaves `[k]` (-1: none) and their scores; `visited[step, k]`: the nodes kept at
@@ -46,10 +53,10 @@ class Route:
 
 
 def _top(frontier, scores, k):
-    fs = jnp.where(frontier >= 0, scores[jnp.maximum(frontier, 0)], NEG)
+    fs = jnp.where(frontier >= 0, scores[jnp.maximum(frontier, 0)], MASKED)
     val, pos = jax.lax.top_k(fs, k)
-    kept = jnp.where(jnp.isfinite(val), frontier[pos], -1)
-    return kept, val
+    kept = jnp.where(val > MASKED / 2, frontier[pos], -1)
+    return kept, jnp.where(kept >= 0, val, -jnp.inf)
 
 
 def beam_route(tree: Tree, scores: Float[Array, "n"], k: int) -> Route:
@@ -78,10 +85,3 @@ def flat_route(tree: Tree, scores: Float[Array, "n"], k: int) -> Route:
     leaf_ids = jnp.where(tree.leaf_lengths > 0, leaf_ids, -1)
     leaves, vals = _top(leaf_ids, scores, k)
     return Route(leaves=leaves, leaf_scores=vals, visited=leaves[None], scores=scores)
-
-
-def route_question(model, params, tree: Tree, mem, q_ids, q_len, k: int, kind: str) -> Route:
-    """Query encoding + scoring + beam or flat routing for one question."""
-    s = query_embedding(model, params, q_ids[None], q_len[None])[0]
-    scores = jnp.where(tree.node_mask, node_scores(params, s, mem), NEG)
-    return (beam_route if kind == "beam" else flat_route)(tree, scores, k)

@@ -11,23 +11,14 @@ size (`BUCKETS`), so documents of different sizes in one bucket share one compil
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from h2mt_jax.shapes import HEIGHT_BUCKETS, LEAF_BUCKETS, bucket
 from h2mt_jax.typing import Array, Bool, Int
 
-LEAF_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-HEIGHT_BUCKETS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
-
-
-def _bucket(n: int, buckets) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return int(2 ** math.ceil(math.log2(n)))
 
 
 @dataclasses.dataclass
@@ -86,6 +77,15 @@ class TreeSpec:
         leaves = [i for i in self.leaves_under(self.root)]
         assert leaves == list(range(self.n_leaves)), "leaves are not in document order"
 
+    def ancestors(self, node: int, parent: list[int] | None = None) -> list[int]:
+        """The node's ancestors below the root, nearest first."""
+        parent = self.parents() if parent is None else parent
+        out, p = [], parent[node]
+        while p >= 0 and p != self.root:
+            out.append(p)
+            p = parent[p]
+        return out
+
     def leaves_under(self, node: int) -> list[int]:
         if node < self.n_leaves:
             return [node]
@@ -99,7 +99,7 @@ class Tree:
     leaf_tokens `[L_pad, T]` int32, leaf_lengths `[L_pad]` (0 for padding leaves),
     parent `[N]` (-1: root or padding), children `[N, B]` (-1: none) with child_mask,
     height and depth `[N]` (-1: padding), node_mask `[N]`, level_nodes `[H, W]`: the internal
-    nodes of height h+1 (-1: none), level_mask `[H + 1, N]`: nodes of each height, root `[]`.
+    nodes of height h+1 (-1: none), root `[]`.
     """
 
     leaf_tokens: Int[Array, "lp t"]
@@ -111,7 +111,6 @@ class Tree:
     depth: Int[Array, "n"]
     node_mask: Bool[Array, "n"]
     level_nodes: Int[Array, "h w"]
-    level_mask: Bool[Array, "h1 n"]
     root: Int[Array, ""]
 
     @property
@@ -136,13 +135,13 @@ def pad_tree(spec: TreeSpec, fanout: int, leaf_len: int, *, min_leaves: int = 0,
     """Pads a `TreeSpec` to bucketed array sizes (minimums force a larger bucket)."""
     nl, nn = spec.n_leaves, spec.n_nodes
     ni = nn - nl
-    lp = _bucket(max(nl, min_leaves), LEAF_BUCKETS)
-    np_ = lp + _bucket(max(ni, min_nodes - lp, 1), LEAF_BUCKETS)
+    lp = bucket(max(nl, min_leaves), LEAF_BUCKETS)
+    np_ = lp + bucket(max(ni, min_nodes - lp, 1), LEAF_BUCKETS)
     heights = spec.heights()
     hmax = max(heights)
-    hp = _bucket(max(hmax, min_height, 1), HEIGHT_BUCKETS)
+    hp = bucket(max(hmax, min_height, 1), HEIGHT_BUCKETS)
     widths = [sum(1 for h in heights if h == k) for k in range(1, hmax + 1)] or [1]
-    wp = _bucket(max(max(widths), min_width), LEAF_BUCKETS)
+    wp = bucket(max(max(widths), min_width), LEAF_BUCKETS)
     ids = list(range(nl)) + list(range(lp, lp + ni))  # spec id -> padded id
 
     tokens = np.zeros((lp, leaf_len), np.int32)
@@ -169,17 +168,28 @@ def pad_tree(spec: TreeSpec, fanout: int, leaf_len: int, *, min_leaves: int = 0,
         if h >= 1:
             level_nodes[h - 1, fill[h]] = n
             fill[h] += 1
-    level_mask = height[None, :] == np.arange(hp + 1)[:, None]
     return Tree(leaf_tokens=jnp.asarray(tokens), leaf_lengths=jnp.asarray(lengths),
                 parent=jnp.asarray(parent), children=jnp.asarray(children),
                 child_mask=jnp.asarray(children >= 0), height=jnp.asarray(height),
                 depth=jnp.asarray(depth), node_mask=jnp.asarray(height >= 0),
-                level_nodes=jnp.asarray(level_nodes), level_mask=jnp.asarray(level_mask),
+                level_nodes=jnp.asarray(level_nodes),
                 root=jnp.asarray(ids[spec.root], jnp.int32))
 
 
 def padded_ids(spec: TreeSpec, tree: Tree) -> np.ndarray:
-    """Map from spec node ids to padded node ids."""
+    """Map from spec node ids to padded node ids (leaves keep theirs; internal nodes move to
+    after the `tree.num_leaf_slots` leaf slots). The one home of the mapping; `spec_id` inverts it."""
     lp = tree.num_leaf_slots
     return np.asarray(list(range(spec.n_leaves))
                       + list(range(lp, lp + spec.n_nodes - spec.n_leaves)), np.int32)
+
+
+def spec_id(spec: TreeSpec, tree: Tree, padded: int) -> int:
+    """The spec node id of a padded node id (the inverse of `padded_ids`; -1 for padding)."""
+    lp = tree.num_leaf_slots
+    if padded < 0:
+        return -1
+    if padded < lp:
+        return padded if padded < spec.n_leaves else -1
+    n = spec.n_leaves + padded - lp
+    return n if n < spec.n_nodes else -1

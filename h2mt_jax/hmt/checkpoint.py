@@ -1,77 +1,41 @@
-"""Saving and loading HMT checkpoints: `hmt.safetensors` (memory params, LoRA) + `hmt.json`."""
+"""HMT checkpoints: `hmt.safetensors` (memory params, LoRA) + `hmt.json` (format, config, backbone).
+
+Only files: building the `HMT` from what is read here is `HMT.load` (h2mt_jax/hmt/model.py), so
+this module knows no model class. Written through `h2mt_jax.io` (atomic, "::"-separated keys).
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
-import numpy as np
+from h2mt_jax.hmt.config import HMTConfig
+from h2mt_jax.io import load_tree, read_meta, save_tree, write_meta
 
 FORMAT = "h2mt_jax.hmt/1"
-
-
-def _flatten(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "::"))
-        else:
-            out[key] = np.asarray(v, np.float32)
-    return out
-
-
-def _unflatten(flat):
-    tree: dict = {}
-    for key, v in flat.items():
-        parts = key.split("::")
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return tree
+TENSORS, META = "hmt.safetensors", "hmt.json"
 
 
 def save_hmt(hmt, directory) -> None:
-    """Writes the memory parameters, adapters and config; the backbone is referenced by name."""
-    from safetensors.numpy import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    tensors = _flatten({"params": hmt.params, **({"lora": hmt.lora} if hmt.lora else {})})
-    meta = {"format": FORMAT, "config": hmt.config.to_dict(), "backbone": hmt.lm.name,
-            "backbone_hidden_size": hmt.lm.config.hidden_size, "lora_scale": hmt.lora_scale}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(directory, "hmt.safetensors"))
-    with open(os.path.join(directory, "hmt.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    """Writes the memory parameters, adapters and config of `hmt` (anything with `params`,
+    `lora`, `lora_scale`, `config` and `lm`); the backbone is referenced by name."""
+    tree = {"params": hmt.params, **({"lora": hmt.lora} if hmt.lora else {})}
+    save_tree(os.path.join(directory, TENSORS), tree)
+    write_meta(os.path.join(directory, META), FORMAT, config=hmt.config.to_dict(),
+               backbone=hmt.lm.name, backbone_hidden_size=hmt.lm.config.hidden_size,
+               lora_scale=hmt.lora_scale)
 
 
-def load_hmt(directory, lm=None):
-    """Loads a checkpoint written by `save_hmt` (the backbone by its saved name unless given)."""
-    import jax.numpy as jnp
-    from safetensors.numpy import load_file
+def load_hmt_state(directory) -> tuple[HMTConfig, dict, dict]:
+    """(config, {"params": ..., "lora"?: ...} as numpy arrays, metadata) of a checkpoint written
+    by `save_hmt`. FileNotFoundError without `hmt.json` ("not an HMT checkpoint"),
+    `h2mt_jax.io.FormatError` (a ValueError) for another format."""
+    meta = read_meta(os.path.join(directory, META), FORMAT, "an HMT checkpoint")
+    tree = load_tree(os.path.join(directory, TENSORS))
+    return HMTConfig(**meta["config"]), tree, meta
 
-    import h2mt_jax
-    from h2mt_jax.hmt.config import HMTConfig
-    from h2mt_jax.hmt.model import HMT
 
-    meta_path = os.path.join(directory, "hmt.json")
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{directory} has no hmt.json: not an HMT checkpoint")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    lm = lm or h2mt_jax.load_lm(meta["backbone"])
-    if lm.config.hidden_size != meta["backbone_hidden_size"]:
+def check_backbone(meta: dict, hidden_size: int) -> None:
+    """ValueError unless the checkpoint was trained on a backbone of this hidden size."""
+    if hidden_size != meta["backbone_hidden_size"]:
         raise ValueError(f"checkpoint was trained on a backbone with d={meta['backbone_hidden_size']}"
-                         f", this backbone has d={lm.config.hidden_size}")
-    tree = _unflatten(load_file(os.path.join(directory, "hmt.safetensors")))
-    to_jnp = lambda t: {k: (to_jnp(v) if isinstance(v, dict) else jnp.asarray(v))  # noqa: E731
-                        for k, v in t.items()}
-    tree = to_jnp(tree)
-    return HMT(lm, HMTConfig(**meta["config"]), tree["params"], tree.get("lora"),
-               meta.get("lora_scale", 1.0))
+                         f", this backbone has d={hidden_size}")

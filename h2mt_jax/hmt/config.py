@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from h2mt_jax.errors import ConfigError
+
 RECALL_SCALES = ("sqrt", "reference")
 
 
@@ -66,3 +68,20 @@ class HMTConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, c) -> "HMTConfig":
+        """From a config section with these field names, e.g. `config.hmt` of configs/common.py
+        (an ml_collections ConfigDict or a dict); fields it lacks keep the defaults above.
+        A field HMTConfig does not have is a ConfigError (a typo would otherwise be ignored),
+        and so is an invalid value."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        given = dict(c.items())
+        unknown = sorted(set(given) - fields)
+        if unknown:
+            raise ConfigError(f"unknown HMT config field(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(fields))}")
+        try:
+            return cls(**given)
+        except ValueError as e:  # a bad value given on the command line: a one-line error
+            raise ConfigError(str(e)) from e

@@ -21,8 +21,10 @@ from flax import nnx
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.hmt.cell import (HMTParams, HMTState, init_params, recall, run_segments,
                                split_segments, summary_pass)
+from h2mt_jax.hmt.checkpoint import check_backbone, load_hmt_state, save_hmt
 from h2mt_jax.hmt.config import HMTConfig
-from h2mt_jax.lm import LM
+from h2mt_jax.hmt.loss import token_nll
+from h2mt_jax.lm import LM, load_lm
 
 STREAM_CHUNK = 16  # segments per compiled streaming call
 
@@ -43,14 +45,6 @@ def _segment_memories(graphdef, bparams, hparams, lora, ids, lengths, *, cfg, lo
     model = _model(graphdef, bparams, lora, lora_scale)
     _, mems = run_segments(model, hparams, cfg, ids, lengths, lambda h, st, e: st.memory)
     return mems  # [s, b, d]
-
-
-def token_nll(logits, targets):
-    """Summed negative log-likelihood of targets (`-1` = no target) and the target count."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    valid = targets >= 0
-    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
-    return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "lora_scale"))
@@ -212,19 +206,21 @@ class HMT:
         if not self.lora:
             return self.lm
         if getattr(self, "_merged", None) is None:
-            params = merge_lora(self.lm.params, self.lora, self.lora_scale)
-            self._merged = LM(nnx.merge(self.lm.graphdef, params), self.lm.tokenizer,
-                              self.lm.name)
+            self._merged = self.lm.with_lora(self.lora, self.lora_scale)
         return self._merged
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, directory) -> None:
-        from h2mt_jax.hmt.checkpoint import save_hmt
-
+        """Writes `hmt.safetensors` + `hmt.json` to `directory` (the backbone by name)."""
         save_hmt(self, directory)
 
     @classmethod
     def load(cls, directory, lm: LM | None = None) -> "HMT":
-        from h2mt_jax.hmt.checkpoint import load_hmt
-
-        return load_hmt(directory, lm)
+        """An HMT saved by `save`; the backbone is loaded by its saved name unless `lm` is given
+        (its hidden size must match the checkpoint's)."""
+        config, tree, meta = load_hmt_state(directory)
+        if lm is None:
+            lm = load_lm(meta["backbone"])
+        check_backbone(meta, lm.config.hidden_size)
+        tree = jax.tree.map(jnp.asarray, tree)
+        return cls(lm, config, tree["params"], tree.get("lora"), meta.get("lora_scale", 1.0))

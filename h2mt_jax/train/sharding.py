@@ -101,14 +101,6 @@ def batch_shardings(batch, mesh: Mesh):
     return jax.tree.map(one, batch)
 
 
-def constrain(x, axes, mesh: Mesh | None):
-    """Activation sharding constraint by logical axes (no-op without a mesh)."""
-    if mesh is None:
-        return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(axes, x.shape,
-                                                                                mesh)))
-
-
 def initialize_distributed(enabled: bool) -> None:
     """`jax.distributed.initialize()` for multi-host runs (TPU pods find the coordinator from
     the runtime). Call before any other JAX work."""

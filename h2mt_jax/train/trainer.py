@@ -105,7 +105,7 @@ def train_and_evaluate(config, workdir: str, task=None, progress: bool = True) -
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    task = task or make_task(config, progress=progress)
+    task = task or make_task(config, progress=progress, workdir=workdir)
     t = config.train
     optimizer = make_optimizer(t)
     results = {}

@@ -93,8 +93,7 @@ def hub_names(data) -> tuple[str | None, str]:
 def _records(data, name: str, limit: int | None) -> list[QAItem]:
     """Items of one local file or hub name of `data.source`."""
     if data.source == "hotpotqa":
-        from h2mt_jax.data.hotpotqa import load_hotpotqa
-        from h2mt_jax.hierarchy.parse import parse_hotpotqa
+        from h2mt_jax.data.hotpotqa import load_hotpotqa, parse_hotpotqa
 
         items = []
         for r in load_hotpotqa(name, limit=limit, on_error=data.on_error):

@@ -1,0 +1,104 @@
+"""Prompts whose middle arrives as precomputed keys and values (H²MT's `leaf_kv` and `memory_kv`
+answers): `[pre tokens ‖ cached segment ‖ post tokens]`.
+
+The cached segment's keys are stored *before* RoPE (`unrope`), so they can be rotated to any
+answer-time position: the segment is laid out right after the `pre` tokens, at positions
+`len(pre) .. len(pre) + L - 1`. Only `pre` and `post` are run through the backbone (the prefill
+covers the prompt's own tokens); `post` attends to everything before it, `pre` to itself, and
+each cached piece to what it attended to when it was computed (for H²MT: its own leaf). Then
+decoding proceeds from the filled cache as for any prompt.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from h2mt_jax.backbone.attention import KVCache
+from h2mt_jax.backbone.rope import apply_rope, inverse_frequencies, rope_tables
+from h2mt_jax.generation.decode import decode, prefill_cache
+from h2mt_jax.generation.generate import Generation, _finish, pad_ids
+from h2mt_jax.generation.sampling import Sampling
+from h2mt_jax.shapes import bucket
+from h2mt_jax.typing import Array, Float, Int
+
+
+def unrope(k: Float[Array, "b t h dh"], positions: Int[Array, "b t"], cfg) -> Float[Array, "b t h dh"]:
+    """Keys with their rotary embedding removed (rotated back from `positions` to 0)."""
+    cos, sin = rope_tables(inverse_frequencies(cfg), positions)
+    return apply_rope(k, cos, -sin)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))
+def prefill_with_segment(graphdef, params, pre: Int[Array, "1 tp"], pre_len: Int[Array, ""],
+                         seg_k: Float[Array, "layers ts kh dh"],
+                         seg_v: Float[Array, "layers ts kh dh"], seg_len: Int[Array, ""],
+                         post: Int[Array, "1 tq"], post_len: Int[Array, ""], cache_size: int
+                         ) -> tuple[Float[Array, "1 v"], KVCache]:
+    """Prefill of `[pre ‖ segment ‖ post]` where the segment is given as pre-RoPE keys and values
+    (`seg_len` real rows of `seg_k`/`seg_v`, padded). Returns the logits after the last post token
+    and the KV cache (filled up to `pre_len + seg_len + post_len`)."""
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    _, cache = prefill_cache(model, model.embed(pre), pre_len[None], cache_size)
+    ts = seg_k.shape[1]
+    positions = (pre_len + jnp.arange(ts, dtype=jnp.int32))[None]
+    cos, sin = rope_tables(inverse_frequencies(cfg), positions)
+    keys, values = [], []
+    zero = jnp.zeros((), jnp.int32)
+    for layer in range(cfg.num_layers):
+        k = apply_rope(seg_k[layer][None].astype(jnp.float32), cos, sin)  # [1, ts, kh, dh]
+        kt = k[0].transpose(1, 2, 0).astype(cache.keys[layer].dtype)  # [kh, dh, ts]
+        vt = seg_v[layer].transpose(1, 0, 2).astype(cache.values[layer].dtype)  # [kh, ts, dh]
+        keys.append(jax.lax.dynamic_update_slice(cache.keys[layer], kt, (zero, zero, pre_len)))
+        values.append(jax.lax.dynamic_update_slice(cache.values[layer], vt,
+                                                   (zero, pre_len, zero)))
+    start = pre_len + seg_len
+    cache = KVCache(keys=keys, values=values, lengths=start[None])
+    hidden, kvs = model(model.embed(post), cache=cache)
+    last = jnp.take(hidden[0], jnp.maximum(post_len - 1, 0), axis=0)
+    cache = KVCache(keys=[k for k, _ in kvs], values=[v for _, v in kvs],
+                    lengths=(start + post_len)[None])
+    return model.logits(last)[None], cache
+
+
+def generate_with_segment(graphdef, params, *, pre: list[int], seg_k: np.ndarray,
+                          seg_v: np.ndarray, post: list[int], max_positions: int,
+                          eos_ids: tuple[int, ...], pad_id: int, max_new_tokens: int,
+                          sampling: Sampling = Sampling(), seed: int = 0) -> Generation:
+    """Greedy (or sampled) generation from `[pre ‖ segment ‖ post]`; `seg_k`/`seg_v`:
+    `[layers, L, kv_heads, head_dim]` pre-RoPE keys and values. Shapes are bucketed, so one
+    compiled program serves many prompt and segment lengths."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not pre or not post:
+        raise ValueError("the prompt needs tokens before and after the cached segment")
+    n_seg = int(seg_k.shape[1])
+    total = len(pre) + n_seg + len(post)
+    if total + max_new_tokens > max_positions:
+        raise ValueError(f"prompt of {total} positions + {max_new_tokens} new tokens exceeds the "
+                         f"model's {max_positions} positions; select fewer leaves")
+    tp, tq, ts = bucket(len(pre)), bucket(len(post)), bucket(max(n_seg, 1))
+    cache_size = bucket(tp + ts + tq + max_new_tokens)
+    k = np.zeros((seg_k.shape[0], ts) + seg_k.shape[2:], np.float32)
+    v = np.zeros_like(k)
+    k[:, :n_seg], v[:, :n_seg] = seg_k, seg_v
+    start = time.perf_counter()
+    logits, cache = prefill_with_segment(
+        graphdef, params, jnp.asarray(pad_ids([pre], pad_id, tp)), jnp.int32(len(pre)),
+        jnp.asarray(k), jnp.asarray(v), jnp.int32(n_seg), jnp.asarray(pad_ids([post], pad_id, tq)),
+        jnp.int32(len(post)), cache_size)
+    logits.block_until_ready()
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+    out, counts, _ = decode(graphdef, params, cache, logits, jax.random.PRNGKey(seed), eos,
+                            jnp.int32(pad_id), sampling=sampling, max_new_tokens=max_new_tokens)
+    out = jax.device_get(out)
+    decode_s = time.perf_counter() - start
+    return Generation(_finish(out, counts, set(eos_ids)), prefill_s, decode_s, [total])

@@ -1,0 +1,257 @@
+"""Task `h2mt_qa`: H²MT question answering with routing supervision (the loss is
+`h2mt_jax.hierarchy.loss`; the trainer is `h2mt_jax.train.trainer`).
+
+Training examples come from each training document's index, built once with the starting
+parameters and kept under `workdir/indexes/` so that a resumed run reads them instead of
+rebuilding them. The evaluation is `h2mt_jax.eval.example.evaluate_example` over the `h2mt`
+method (and `tree_text` with `eval.tree_text`), exactly what `evaluate.py` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from h2mt_jax.data import prompts
+from h2mt_jax.data.items import QAItem, load_items
+from h2mt_jax.eval.example import EvalSettings, evaluate_example, warm_up
+from h2mt_jax.eval.methods import make_method
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.h2mt import H2MT
+from h2mt_jax.hierarchy.index import Index
+from h2mt_jax.hierarchy.loss import batch_loss
+from h2mt_jax.hierarchy.tree import Tree, pad_tree
+from h2mt_jax.io import FormatError, read_meta, write_meta
+from h2mt_jax.lm import backbone_from_config
+from h2mt_jax.shapes import bucket
+from h2mt_jax.train.trainable import init_trainable, lora_scale
+
+INDEX_CACHE_FORMAT = "h2mt_jax.train_indexes/1"
+
+
+def tree_arrays(tree: Tree) -> dict[str, np.ndarray]:
+    """A padded `Tree`'s fields as host arrays (`Tree(**tree_arrays(t))` rebuilds it)."""
+    return {f.name: np.asarray(getattr(tree, f.name)) for f in dataclasses.fields(tree)}
+
+
+@dataclasses.dataclass
+class Example:
+    """One training question over a built index, before padding."""
+
+    item: QAItem
+    index: Index
+    gold_nodes: list[int]  # spec ids: gold leaves and their ancestors
+    q_ids: list[int]
+    seq_ids: list[int]
+    labels: np.ndarray
+    mem_start: int
+
+
+def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
+    """Example dicts of `hierarchy.loss`, every tree re-padded (`pad_tree`'s minimums) to the
+    largest sizes among them, so that one compiled step serves them all."""
+    trees = [e.index.tree for e in examples]
+    leaves = max(t.num_leaf_slots for t in trees)
+    internal = max(t.num_nodes - t.num_leaf_slots for t in trees)
+    height = max(t.max_height for t in trees)
+    width = max(int(t.level_nodes.shape[1]) for t in trees)
+    q_len = bucket(max(len(e.q_ids) for e in examples))
+    seq_len = bucket(max(len(e.seq_ids) for e in examples))
+    out = []
+    for e in examples:
+        spec = e.index.spec
+        tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len, min_leaves=leaves,
+                        min_nodes=leaves + internal, min_height=height, min_width=width)
+        ids = np.asarray([*range(spec.n_leaves),
+                          *range(leaves, leaves + spec.n_nodes - spec.n_leaves)])
+        mem = np.zeros((tree.num_nodes,) + e.index.memories.shape[1:], np.float32)
+        mem[ids] = e.index.node_memories(range(spec.n_nodes))
+        gold = np.zeros(tree.num_nodes, bool)
+        gold[ids[e.gold_nodes]] = True
+        q = np.zeros(q_len, np.int32)
+        q[:len(e.q_ids)] = e.q_ids
+        seq = np.zeros(seq_len, np.int32)
+        seq[:len(e.seq_ids)] = e.seq_ids
+        labels = np.full(seq_len, -1, np.int32)
+        labels[:len(e.labels)] = e.labels
+        out.append({"tree": tree_arrays(tree), "memories": mem, "gold": gold, "q_ids": q,
+                    "q_len": np.int32(len(e.q_ids)), "seq_ids": seq,
+                    "mem_start": np.int32(e.mem_start), "labels": labels})
+    return out
+
+
+class H2MTQATask:
+    name = "h2mt_qa"
+
+    def __init__(self, config, lm=None, progress: bool = True, workdir: str | None = None):
+        self.config, self.progress = config, progress
+        self.lm = lm or backbone_from_config(config)
+        if config.checkpoint:
+            self.h2mt = H2MT.load(config.checkpoint, self.lm)
+        else:
+            self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
+                                    seed=config.seed)
+        self.cfg = self.h2mt.config
+        self.train_items, self.eval_items = load_items(config.data, config.seed)
+        if not self.train_items:
+            raise ValueError("no training items: check config.data")
+        self.settings = EvalSettings.from_config(config)
+        self.index_dir = os.path.join(workdir, "indexes") if workdir else None
+        self.skipped = 0
+
+    # -- data ------------------------------------------------------------------------------------
+    def _index_cache(self) -> str | None:
+        """`workdir/indexes`, emptied when it was built by other starting parameters."""
+        if self.index_dir is None:
+            return None
+        c = self.config
+        key = {"backbone": c.backbone, "dtype": c.dtype, "seed": c.seed,
+               "checkpoint": c.checkpoint, "h2mt": self.cfg.to_dict()}
+        meta_path = os.path.join(self.index_dir, "indexes.json")
+        try:
+            if read_meta(meta_path, INDEX_CACHE_FORMAT, "an index cache").get("key") == json.loads(
+                    json.dumps(key)):
+                return self.index_dir
+        except (FileNotFoundError, FormatError):
+            pass
+        shutil.rmtree(self.index_dir, ignore_errors=True)
+        write_meta(meta_path, INDEX_CACHE_FORMAT, key=key)
+        return self.index_dir
+
+    def _build(self, item: QAItem, cache: str | None) -> Index:
+        path = None
+        if cache is not None:
+            name = hashlib.sha1(item.doc_id.encode()).hexdigest()[:20]
+            path = os.path.join(cache, name)
+            try:
+                index = Index.load(path)
+                if index.text == item.context and index.doc_id == item.doc_id:
+                    return index
+            except (FileNotFoundError, FormatError, ValueError, OSError):
+                pass
+        index = self.h2mt.build(item.context, fmt=item.fmt, outline=item.outline,
+                                doc_id=item.doc_id)
+        if path is not None:
+            index.save(path)
+        return index
+
+    def examples(self, items: list[QAItem]) -> list[Example]:
+        """Training examples of the items that have gold leaves in a document of at least `k`
+        leaves (the others are counted in `skipped`)."""
+        tok = self.lm.tokenizer
+        eos = self.lm.eos_ids[0] if self.lm.eos_ids else tok.eos_token_id
+        k, m = self.cfg.k, self.cfg.mem_tokens
+        cache = self._index_cache()
+        indexes, out = {}, []
+        for it in tqdm(items, desc="building training indexes", disable=not self.progress):
+            if it.doc_id not in indexes:
+                indexes[it.doc_id] = self._build(it, cache)
+            index = indexes[it.doc_id]
+            gold = index.leaves_for_spans(it.gold_spans or [])
+            if index.spec.n_leaves < k or not gold:
+                self.skipped += 1
+                continue
+            parent = index.spec.parents()
+            nodes = sorted(set(gold) | {a for g in gold for a in index.spec.ancestors(g, parent)})
+            pre, post = prompts.split_prompt(tok, self.settings.template(it.dataset), it.question)
+            ans = tok(" " + it.answers[0].strip(), add_special_tokens=False)["input_ids"] + [eos]
+            seq = pre + [0] * (k * m) + post + ans
+            labels = np.full(len(seq), -1, np.int32)
+            start = len(pre) + k * m + len(post)
+            labels[start - 1:len(seq) - 1] = seq[start:]
+            out.append(Example(it, index, nodes, tok(it.question, add_special_tokens=False)[
+                "input_ids"], seq, labels, len(pre)))
+        if not out:
+            raise ValueError(f"none of the {len(items)} training items has gold evidence and at "
+                             f"least k={k} leaves")
+        return out
+
+    def dataset(self) -> grain.MapDataset:
+        t = self.config.train
+        examples = pad_examples(self.examples(self.train_items), self.cfg)
+        return (grain.MapDataset.source(examples).shuffle(seed=self.config.seed).repeat(None)
+                .batch(t.batch_size, drop_remainder=True))
+
+    # -- model ------------------------------------------------------------------------------------
+    def init(self, key) -> dict:
+        tr = init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key)
+        if self.h2mt.lora is not None and "lora" in tr:
+            tr["lora"] = jax.tree.map(jnp.copy, self.h2mt.lora)
+        return tr
+
+    def frozen(self):
+        return {} if self.config.train.trainable == "all" else self.lm.params
+
+    def loss(self, trainable, frozen, batch):
+        t = self.config.train
+        return batch_loss(trainable, frozen, self.lm.graphdef, batch, cfg=self.cfg,
+                          route_weight=t.route_weight, lora_scale=lora_scale(t),
+                          encode=t.encode)
+
+    def model(self, trainable) -> H2MT:
+        lm = self.lm.with_params(trainable["backbone"]) if "backbone" in trainable else self.lm
+        return H2MT(lm, self.cfg, trainable["h2mt"], trainable.get("lora"),
+                    lora_scale(self.config.train))
+
+    def export(self, trainable, directory) -> None:
+        self.model(trainable).save(directory)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, trainable, items=None) -> dict:
+        """Answer F1 / ROUGE-L (x100) and routing recall on the held-out items, through the
+        evaluation path of evaluate.py (`evaluate_example` over the `h2mt` method).
+
+        Recall is also split by the number of gold leaves (`..._one_gold`: single-evidence
+        questions; `..._multi_gold`: two or more, e.g. the synthetic two-hop questions, whose
+        second hop shares no words with the question). With `config.eval.tree_text`, each
+        question is also answered from the same route's leaf text (`tree_text_f1`), which shows
+        what the routing alone is worth to the answers."""
+        h2mt = self.model(trainable)
+        items = self.eval_items if items is None else items
+        if self.config.eval.get("max_examples", 0):
+            items = items[:self.config.eval.max_examples]
+        names = ["h2mt"] + (["tree_text"] if self.config.eval.get("tree_text", False) else [])
+        shared: dict = {}
+        rows: dict[str, list[dict]] = {}
+        for name in names:
+            method = make_method(name, h2mt.lm, h2mt=h2mt, k=self.config.eval.get("k", 4),
+                                 index_cache=shared)
+            if items and self.config.eval.get("warmup", True):
+                warm_up(method, items[0], self.settings)
+            rows[name] = [evaluate_example(method, it, self.settings)
+                          for it in tqdm(items, desc=f"evaluating {name}",
+                                         disable=not self.progress)]
+        return summarize_h2mt(rows)
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarize_h2mt(rows: dict[str, list[dict]]) -> dict:
+    """The training-time evaluation's numbers from `evaluate_example` rows per method."""
+    ok = [r for r in rows["h2mt"] if "error" not in r]
+    one = [r for r in ok if r.get("gold_leaves") == 1]
+    multi = [r for r in ok if r.get("gold_leaves", 0) > 1]
+    out = {"f1": 100 * _mean(r["f1"] for r in ok),
+           "rouge_l": 100 * _mean(r["rouge_l"] for r in ok),
+           "recall_at_2": _mean(r.get("recall@2") for r in ok),
+           "recall_at_4": _mean(r.get("recall@4") for r in ok),
+           "recall_at_2_one_gold": _mean(r["recall@2"] for r in one),
+           "recall_at_2_multi_gold": _mean(r["recall@2"] for r in multi),
+           "ttft_s": _mean(r["ttft_s"] for r in ok)}
+    if "tree_text" in rows:
+        out["tree_text_f1"] = 100 * _mean(r["f1"] for r in rows["tree_text"] if "error" not in r)
+    out.update(n=len(ok), n_one_gold=len(one), n_multi_gold=len(multi),
+               errors=len(rows["h2mt"]) - len(ok))
+    return out

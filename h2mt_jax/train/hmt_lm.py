@@ -1,0 +1,101 @@
+"""Task `hmt_lm`: HMT memory pretraining with the language-modelling objective (WikiText).
+
+The loss is `h2mt_jax.hmt.loss.window_loss` on windows of `train.bptt_depth` segments; the
+trainer (`h2mt_jax.train.trainer.train_and_evaluate`) runs it like every other task.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+
+from h2mt_jax.data.items import HUB_HINT, hub_names
+from h2mt_jax.data.records import DataError
+from h2mt_jax.hmt import HMT, HMTConfig
+from h2mt_jax.hmt.loss import window_loss, window_segments
+from h2mt_jax.lm import backbone_from_config
+from h2mt_jax.train.trainable import init_trainable, lora_scale
+
+
+class HMTLMTask:
+    """HMT language-model training on a text file (the HMT objective, stage 2).
+
+    `tokens`: token ids to train and evaluate on instead of the text of `config.data` (tests,
+    benchmarks); the last `min(data.eval_tokens, len/5)` of them are held out for evaluation."""
+
+    name = "hmt_lm"
+
+    def __init__(self, config, lm=None, progress: bool = True, tokens=None):
+        self.config, self.progress = config, progress
+        self.lm = lm or backbone_from_config(config)
+        self.hcfg = HMTConfig.from_config(config.hmt)
+        self.hmt = (HMT.load(config.checkpoint, self.lm) if config.checkpoint
+                    else HMT.create(self.lm, self.hcfg, seed=config.seed))
+        self.hcfg = self.hmt.config
+        if tokens is None:
+            tokens = self._read_text(config.data)
+        ids = np.asarray(tokens, np.int32)
+        held = min(config.data.eval_tokens, len(ids) // 5)
+        self.train_ids, self.eval_ids = ids[:len(ids) - held], ids[len(ids) - held:]
+
+    def _read_text(self, data) -> np.ndarray:
+        from h2mt_jax.data.wikitext import load_wikitext
+
+        if data.path and not os.path.exists(os.path.expanduser(data.path)):
+            raise DataError(f"{data.path}: no such file; " + HUB_HINT.format(what="WikiText"))
+        text = load_wikitext(data.path or hub_names(data)[1])
+        return np.asarray(self.lm.tokenizer(text)["input_ids"], np.int32)
+
+    def dataset(self) -> grain.MapDataset:
+        t = self.config.train
+        l = self.hcfg.tokens_per_segment
+        window = t.bptt_depth * l + 1
+        if len(self.train_ids) < window:
+            raise ValueError(f"the training text has {len(self.train_ids)} tokens, fewer than one "
+                             f"window of {window} (bptt_depth x tokens per segment + 1)")
+        starts = np.arange(0, len(self.train_ids) - window + 1, l)
+        ids = self.train_ids
+
+        def make(s):
+            seg, tgt, lens = window_segments(ids[None, s:s + window], l)
+            return {"ids": seg[:, 0], "targets": tgt[:, 0], "lengths": lens}
+
+        return (grain.MapDataset.source(starts).shuffle(seed=self.config.seed).repeat(None)
+                .map(make).batch(t.batch_size, drop_remainder=True))
+
+    def init(self, key) -> dict:
+        return init_trainable({"hmt": self.hmt.params}, self.lm, self.config.train, key)
+
+    def frozen(self):
+        return {} if self.config.train.trainable == "all" else self.lm.params
+
+    def loss(self, trainable, frozen, batch):
+        t = self.config.train
+        tr = {"hmt": trainable["hmt"], "lora": trainable.get("lora")}
+        if "backbone" in trainable:
+            frozen = trainable["backbone"]
+        ids = jnp.swapaxes(batch["ids"], 0, 1)  # [D, B, L]
+        tgt = jnp.swapaxes(batch["targets"], 0, 1)
+        loss = window_loss(tr, self.lm.graphdef, frozen, ids, tgt, batch["lengths"][0],
+                           cfg=self.hcfg, lora_scale=lora_scale(t), loss_segments=1,
+                           remat=t.get("remat", False))
+        return loss, {"ppl": jnp.exp(loss)}
+
+    def model(self, trainable) -> HMT:
+        lm = self.lm
+        if "backbone" in trainable:
+            lm = self.lm.with_params(trainable["backbone"])
+        return HMT(lm, self.hcfg, trainable["hmt"], trainable.get("lora"),
+                   lora_scale(self.config.train))
+
+    def export(self, trainable, directory) -> None:
+        self.model(trainable).save(directory)
+
+    def evaluate(self, trainable, items=None, route=None) -> dict:
+        start = time.perf_counter()
+        res = self.model(trainable).perplexity(self.eval_ids[None])
+        return {"ppl": res["ppl"], "tokens": res["tokens"], "seconds": time.perf_counter() - start}
