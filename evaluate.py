@@ -3,7 +3,8 @@
     python evaluate.py --config=configs/longbench.py --config.data.path=FILE.jsonl \
         --config.method=full,rag_bm25,hmt,h2mt --config.output=OUT.json [--config.checkpoint=DIR]
 
-Methods: full, rag_bm25, rag_dense, compress, hmt, h2mt, h2mt_flat, h2mt_oracle, tree_text.
+Methods: full, rag_bm25, rag_dense, compress, hmt, h2mt, h2mt_flat, h2mt_oracle, h2mt_memory_kv,
+h2mt_leaf_kv, tree_text.
 Writes OUT.json ({"summary", "examples"}), OUT.md (table) and OUT.png (F1 against TTFT); an
 interrupted run resumes from OUT.json.partial.jsonl.
 """

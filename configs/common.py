@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.k = 4  # beam width = selected leaves
     c.h2mt.ancestors = False  # also feed the ancestors' memories to the answer prompt
     c.h2mt.leaf_batch = 32  # leaves per encoding call
+    c.h2mt.answer_from = "memory"  # memory | memory_kv | leaf_kv | text (what the answer reads)
+    c.h2mt.kv_store = "none"  # none | bfloat16 | int8 | float32: keep leaf KV caches in indexes
 
     c.hmt = ml_collections.ConfigDict()
     c.hmt.segment_length = 256

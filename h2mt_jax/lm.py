@@ -19,6 +19,7 @@ from h2mt_jax.backbone.config import BackboneConfig
 from h2mt_jax.backbone.model import Llama
 from h2mt_jax.shapes import bucket
 from h2mt_jax.generation.generate import Generation, generate, pad_ids
+from h2mt_jax.generation.kv_prompt import generate_with_segment
 from h2mt_jax.generation.sampling import Sampling
 from h2mt_jax.typing import Array, Float, Int
 
@@ -161,6 +162,21 @@ class LM:
                         eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens,
                         sampling=Sampling(temperature, top_p), seed=seed, ids=ids, embeds=embeds,
                         lengths=lengths)
+
+    def generate_with_segment(self, pre: list[int], seg_k: np.ndarray, seg_v: np.ndarray,
+                              post: list[int], max_new_tokens: int = 64) -> Generation:
+        """Greedy generation from `[pre ‖ cached segment ‖ post]`, the segment given as pre-RoPE
+        keys and values `[layers, L, kv_heads, head_dim]` (`generation.kv_prompt`)."""
+        c = self.config
+        want = (c.num_layers, c.num_kv_heads, c.head_dim)
+        got = (seg_k.shape[0],) + tuple(seg_k.shape[2:])
+        if got != want:
+            raise ValueError(f"cached keys/values of shape (layers, kv_heads, head_dim) = {got} "
+                             f"do not fit this backbone's {want} ({self.name!r})")
+        return generate_with_segment(
+            self.graphdef, self.params, pre=list(self.check_ids(pre)), seg_k=seg_k, seg_v=seg_v,
+            post=list(self.check_ids(post)), max_positions=c.max_position_embeddings,
+            eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 64, chat: bool = True,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:

@@ -80,7 +80,7 @@ def test_answer_reports_route_and_timings(h2mt, index, manual):
     gold = index.leaves_for_spans(q.gold_spans)
     oracle = h2mt.answer(index, q.question, route="oracle", gold_leaves=gold)
     assert oracle.leaves == gold
-    text = h2mt.answer(index, q.question, context="text", gold_leaves=gold, route="oracle")
+    text = h2mt.answer(index, q.question, answer_from="text", gold_leaves=gold, route="oracle")
     assert text.memory_tokens == 0 and text.prompt_tokens > oracle.prompt_tokens
 
 

@@ -137,7 +137,7 @@ def plot(summary: dict, path: str, title: str) -> None:
 
 def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     """Evaluates every method of `config.method` on the configured data; returns the output."""
-    from h2mt_jax.eval.methods import H2MT_METHODS, METHODS, make_method
+    from h2mt_jax.eval.methods import H2MT_METHODS, KV_METHODS, METHODS, make_method
 
     methods = [m.strip() for m in config.method.split(",") if m.strip()]
     for m in methods:
@@ -157,8 +157,12 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     k = config.eval.get("k", 4)
     indexes: dict = {}  # doc_id -> (index, build_s), shared by the H²MT methods
     index_owner = next((m for m in methods if m in H2MT_METHODS), None)
+    kv_store = None  # the H²MT methods share their builds: with KV caches when one needs them
+    if h2mt is not None and any(m in KV_METHODS for m in methods):
+        kv_store = h2mt.config.kv_store if h2mt.config.kv_store != "none" else "bfloat16"
     for name in methods:
-        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, index_cache=indexes)
+        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, index_cache=indexes,
+                             kv_store=kv_store)
         todo = [it for it in items if (name, it.qid or it.doc_id) not in done]
         if todo and config.eval.get("warmup", True):
             warm_up(method, todo[0], settings)

@@ -10,6 +10,8 @@ from h2mt_jax.hmt.config import HMTConfig
 LEAF_MODES = ("independent", "hmt")
 AGGREGATORS = ("backbone", "attention", "mean")
 ROUTES = ("beam", "flat", "oracle")
+ANSWER_MODES = ("memory", "memory_kv", "leaf_kv", "text")
+KV_STORES = ("none", "bfloat16", "int8", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +22,11 @@ class H2MTConfig:
     route: "beam" (top-k per depth), "flat" (rank all leaves), "oracle" (gold leaves).
     k: beam width and number of selected leaves. ancestors: also feed the selected leaves'
     ancestors' memories to the answer prompt, coarse to fine. leaf_batch: leaves per call when
-    encoding (bounds memory on very long documents)."""
+    encoding (bounds memory on very long documents). answer_from: what the answer prompt reads
+    from the selected leaves: "memory" (memory vectors as input embeddings), "memory_kv" (the
+    write tokens' per-layer keys/values), "leaf_kv" (each leaf's full KV cache, stored in the
+    index: exact), "text" (the leaves' raw text). kv_store: "none", or the dtype ("bfloat16",
+    "int8") in which `build` keeps every leaf's KV cache (what memory_kv and leaf_kv read)."""
 
     build: BuildConfig = BuildConfig()
     mem_tokens: int = 1
@@ -31,17 +37,24 @@ class H2MTConfig:
     k: int = 4
     ancestors: bool = False
     leaf_batch: int = 32
+    answer_from: str = "memory"
+    kv_store: str = "none"
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 
     def __post_init__(self):
         for name, value, allowed in (("leaf_mode", self.leaf_mode, LEAF_MODES),
                                      ("aggregator", self.aggregator, AGGREGATORS),
-                                     ("route", self.route, ROUTES)):
+                                     ("route", self.route, ROUTES),
+                                     ("answer_from", self.answer_from, ANSWER_MODES),
+                                     ("kv_store", self.kv_store, KV_STORES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.mem_tokens < 1 or self.k < 1 or self.recall_dim < 1 or self.leaf_batch < 1:
             raise ValueError("mem_tokens, k, recall_dim and leaf_batch must be >= 1")
         if self.leaf_mode == "hmt":
+            if self.kv_store != "none":
+                raise ValueError("kv_store needs leaf_mode='independent': the hmt cell's passes "
+                                 "mix leaves, so no per-leaf KV cache exists")
             if self.mem_tokens != 1:
                 raise ValueError("leaf_mode='hmt' produces one memory per leaf: use mem_tokens=1")
             if self.hmt is None:

@@ -22,8 +22,9 @@ from h2mt_jax.data import prompts
 from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import build_spec
-from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.config import ANSWER_MODES, H2MTConfig
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
+from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
                                        sweep)
 from h2mt_jax.hierarchy.route import Route, beam_route, flat_route, query_embedding, score_nodes
@@ -112,10 +113,12 @@ class H2MT:
 
     # -- offline -------------------------------------------------------------------------------
     def build(self, document, fmt: str = "auto", doc_id: str = "", progress: bool = False,
-              outline: parse.Section | None = None) -> Index:
+              outline: parse.Section | None = None, kv_store: str | None = None) -> Index:
         """Parses `document` (str or bytes; see `parse.parse_document` for `fmt`), builds the tree
         and computes every node's memory. With `outline`, `document` must be the clean text the
-        outline's spans index."""
+        outline's spans index. `kv_store` (default `config.kv_store`): "bfloat16" or "int8" also
+        keeps every leaf's per-layer KV cache from the same leaf pass (for the `memory_kv` and
+        `leaf_kv` answers), "none" does not."""
         t0 = time.perf_counter()
         if outline is None:
             text = parse.clean_text(document)
@@ -128,7 +131,8 @@ class H2MT:
         tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len)
         t2 = time.perf_counter()
         mem = np.zeros((tree.num_nodes, cfg.mem_tokens, self.lm.config.hidden_size), np.float32)
-        mem[:spec.n_leaves] = self._leaf_memories(spec.leaf_tokens, progress)
+        kv_store = kv_store or cfg.kv_store
+        mem[:spec.n_leaves], kv = self._leaf_pass(spec.leaf_tokens, kv_store, progress)
         t3 = time.perf_counter()
         mem = np.asarray(sweep(self.lm.graphdef, self.lm.params, self.params, tree,
                                jnp.asarray(mem), tree.level_nodes, kind=cfg.aggregator))
@@ -137,9 +141,18 @@ class H2MT:
         return Index(text, spec, tree, mem, cfg.build, doc_id, {
             "parse_s": t1 - t0, "tree_s": t2 - t1, "leaves_s": t3 - t2, "sweep_s": t4 - t3,
             "total_s": t4 - t0, "leaf_tokens": tokens, "leaves": spec.n_leaves,
-            "nodes": spec.n_nodes, "tokens_per_s": tokens / (t4 - t0)})
+            "nodes": spec.n_nodes, "tokens_per_s": tokens / (t4 - t0),
+            "kv_bytes": 0 if kv is None else kv.nbytes}, kv)
 
-    def _leaf_memories(self, leaf_tokens, progress=False) -> np.ndarray:
+    def _leaf_pass(self, leaf_tokens, kv_store: str, progress: bool = False
+                   ) -> tuple[np.ndarray, LeafKV | None]:
+        """Leaf memories and, unless `kv_store` is "none", the same pass's KV caches."""
+        if kv_store == "none":
+            return self._leaf_memories(leaf_tokens, progress), None
+        mem, kv = self._leaf_memories(leaf_tokens, progress, with_kv=True)
+        return mem, LeafKV.from_pass(kv, kv_store, self.lm.name)
+
+    def _leaf_memories(self, leaf_tokens, progress=False, with_kv: bool = False):
         n, t = len(leaf_tokens), self.config.build.leaf_len
         tokens = np.zeros((n, t), np.int32)
         lengths = np.zeros((n,), np.int32)
@@ -147,7 +160,7 @@ class H2MT:
             tokens[i, :len(ids)] = ids
             lengths[i] = len(ids)
         return leaf_memories(self.lm.graphdef, self.lm.params, self.params, self.config, tokens,
-                             lengths, progress)
+                             lengths, progress, with_kv=with_kv)
 
     def append(self, index: Index, text: str, fmt: str = "plain") -> Index:
         """Extends the index with more text: only the new leaves and their ancestors (the right
@@ -165,8 +178,12 @@ class H2MT:
                         min_leaves=index.tree.num_leaf_slots, min_height=index.tree.max_height)
         mem = remap_memories(index, spec, tree, old_of_new)
         pid = padded_ids(spec, tree)
-        new_leaf_ids = [i for i in dirty if i < spec.n_leaves]
-        mem[pid[new_leaf_ids]] = self._leaf_memories([spec.leaf_tokens[i] for i in new_leaf_ids])
+        new_leaf_ids = [i for i in dirty if i < spec.n_leaves]  # the new leaves, in order
+        kv_store = "none" if index.kv is None else index.kv.dtype
+        mem[pid[new_leaf_ids]], kv = self._leaf_pass([spec.leaf_tokens[i] for i in new_leaf_ids],
+                                                     kv_store)
+        if kv is not None:
+            kv = LeafKV.concat(index.kv, kv)
         heights = spec.heights()
         levels = np.full(tree.level_nodes.shape, -1, np.int32)
         fill = [0] * (levels.shape[0] + 1)
@@ -179,7 +196,8 @@ class H2MT:
                                jnp.asarray(mem), jnp.asarray(levels), kind=self.config.aggregator))
         timings = dict(index.timings, append_s=time.perf_counter() - t0,
                        recomputed_nodes=len(dirty))
-        return Index(index.text + sep + add, spec, tree, mem, index.build, index.doc_id, timings)
+        return Index(index.text + sep + add, spec, tree, mem, index.build, index.doc_id, timings,
+                     kv)
 
     # -- online --------------------------------------------------------------------------------
     def route(self, index: Index, question: str, k: int | None = None, route: str | None = None,
@@ -222,9 +240,26 @@ class H2MT:
     def answer(self, index: Index, question: str, dataset: str = "synthetic",
                template: str | None = None, max_new_tokens: int | None = None,
                k: int | None = None, route: str | None = None,
-               gold_leaves: list[int] | None = None, context: str = "memory") -> Answer:
-        """Answers from the selected nodes' memory tokens (`context="memory"`, H²MT) or from the
-        selected leaves' raw text (`context="text"`, the tree_text baseline)."""
+               gold_leaves: list[int] | None = None, answer_from: str | None = None) -> Answer:
+        """Routes the question and answers from the selected leaves, read as `answer_from`
+        (default `config.answer_from`): "memory" (their memory vectors as input embeddings, with
+        the ancestors' first when `config.ancestors`), "memory_kv" (their write tokens' stored
+        keys/values), "leaf_kv" (their full stored KV caches: exact) or "text" (their raw text,
+        the tree_text baseline). Every mode uses the same route and the same prompt template;
+        for the memory and KV modes the prefill covers only the template and the question.
+        The KV modes need an index built with `kv_store` (`index.modes`); they read leaves only
+        (no ancestors) and are computed by the base backbone (LoRA adapters of the answer pass
+        do not apply to them)."""
+        mode = answer_from or self.config.answer_from
+        if mode not in ANSWER_MODES:
+            raise ValueError(f"answer_from must be one of {ANSWER_MODES}, got {mode!r}")
+        if mode not in index.modes:
+            raise ValueError(f"answer_from={mode!r} needs the leaves' KV caches, but this index "
+                             "was built without them: build it with kv_store='bfloat16' or "
+                             "'int8' (H2MTConfig(kv_store=...), --config.h2mt.kv_store)")
+        if mode in ("memory_kv", "leaf_kv") and index.kv.backbone != self.lm.name:
+            raise ValueError(f"the index's KV caches were computed by backbone "
+                             f"{index.kv.backbone!r}, this H2MT runs {self.lm.name!r}")
         start = time.perf_counter()
         template = template or prompts.template_for(dataset)
         if max_new_tokens is None:
@@ -242,11 +277,18 @@ class H2MT:
         tok = self.tokenizer
         alm = self.answer_lm
         t_asm = time.perf_counter()
-        if context == "text":
+        if mode == "text":
             ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(leaves))
             ids = prompts.prompt_ids(tok, template, ctx, question)
             gen = alm.generate_ids([ids], max_new_tokens=max_new_tokens)
             n_mem, n_prompt = 0, len(ids)
+        elif mode in ("memory_kv", "leaf_kv"):  # stored keys/values in document order
+            pre, post = prompts.split_prompt(tok, template, question)
+            order = sorted(set(leaves))
+            seg_k, seg_v = (index.kv.gather(order) if mode == "leaf_kv"
+                            else index.kv.gather_write(order))
+            gen = alm.generate_with_segment(pre, seg_k, seg_v, post, max_new_tokens)
+            n_mem, n_prompt = seg_k.shape[1], len(pre) + seg_k.shape[1] + len(post)
         else:
             pre, post = prompts.split_prompt(tok, template, question)
             nodes = self._selected_nodes(index, leaves)

@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 
-from h2mt_jax.io import atomic_write, read_meta, write_meta
-
-from h2mt_jax.hierarchy.build import BuildConfig, Node, number_nodes, internal_in_order
+from h2mt_jax.hierarchy.build import BuildConfig, Node, internal_in_order, number_nodes
+from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.tree import Tree, TreeSpec, pad_tree, padded_ids, spec_id
+from h2mt_jax.io import atomic_write, read_meta, write_meta
 
 FORMAT = "h2mt_jax.index/1"
 
@@ -32,6 +32,12 @@ class Index:
     build: BuildConfig
     doc_id: str = ""
     timings: dict = dataclasses.field(default_factory=dict)
+    kv: LeafKV | None = None  # per-leaf KV caches (built with kv_store), for memory_kv / leaf_kv
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The answer modes (`H2MTConfig.answer_from`) this index can serve."""
+        return ("memory", "text") + (("memory_kv", "leaf_kv") if self.kv is not None else ())
 
     @property
     def leaf_texts(self) -> list[str]:
@@ -67,11 +73,13 @@ class Index:
         """Writes `memories.npy` and then `index.json` (text, tree lists, config), each
         atomically (the metadata last, so a reader never sees it before its memories)."""
         atomic_write(os.path.join(directory, "memories.npy"), lambda f: np.save(f, self.memories))
+        if self.kv is not None:
+            self.kv.save(directory)
         write_meta(os.path.join(directory, "index.json"), FORMAT, indent=None,
                    doc_id=self.doc_id, text=self.text, build=dataclasses.asdict(self.build),
                    timings=self.timings, leaf_tokens=self.spec.leaf_tokens,
                    leaf_spans=self.spec.leaf_spans, children=self.spec.children,
-                   titles=self.spec.titles,
+                   titles=self.spec.titles, kv=None if self.kv is None else self.kv.meta(),
                    padding={"leaves": self.tree.num_leaf_slots, "nodes": self.tree.num_nodes,
                             "height": self.tree.max_height,
                             "width": int(self.tree.level_nodes.shape[1])})
@@ -89,8 +97,15 @@ class Index:
         memories = np.load(os.path.join(directory, "memories.npy"), allow_pickle=False)
         if memories.shape[0] != tree.num_nodes:
             raise ValueError(f"memories.npy has {memories.shape[0]} rows, the tree {tree.num_nodes}")
+        kv = None
+        if meta.get("kv"):
+            kv = LeafKV.load(directory, meta["kv"])
+            if kv.n_leaves != spec.n_leaves or any(
+                    int(n) != len(t) for n, t in zip(kv.lengths, spec.leaf_tokens)):
+                raise ValueError(f"{directory}: the stored leaf KV caches do not match the "
+                                 "tree's leaves (kv.lengths)")
         return cls(meta["text"], spec, tree, memories, build, meta.get("doc_id", ""),
-                   meta.get("timings", {}))
+                   meta.get("timings", {}), kv)
 
 
 def spec_to_nodes(spec: TreeSpec) -> tuple[Node, list[Node], dict[int, int]]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -17,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from h2mt_jax.shapes import bucket
+from h2mt_jax.generation.kv_prompt import unrope
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.tree import Tree
 from h2mt_jax.hmt.cell import init_params as init_hmt_params
 from h2mt_jax.hmt.cell import run_segments
+from h2mt_jax.shapes import bucket
 from h2mt_jax.typing import Array, Bool, Float, Int
 
 H2MTParams = dict
@@ -84,6 +86,20 @@ def _encode_leaves(graphdef, bparams, params, tokens, lengths):
     return encode_with_write_tokens(model, model.embed(tokens), lengths, params["leaf_write"])
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths):
+    """`_encode_leaves` plus every layer's keys (before RoPE) and values of the same pass:
+    `[layers, b, t + m, kv_heads, head_dim]` each, float32."""
+    model = nnx.merge(graphdef, bparams)
+    x = _with_write_tokens(model.embed(tokens), lengths, params["leaf_write"])
+    h, kvs = model(x)
+    mem = _read_write_tokens(h, lengths, params["leaf_write"].shape[0])
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
+    keys = jnp.stack([unrope(k, positions, model.cfg) for k, _ in kvs]).astype(jnp.float32)
+    values = jnp.stack([v for _, v in kvs]).astype(jnp.float32)
+    return mem, keys, values
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "hmt_cfg"))
 def _encode_leaves_hmt(graphdef, bparams, hmt_params, tokens, lengths, hmt_cfg):
     model = nnx.merge(graphdef, bparams)
@@ -93,15 +109,33 @@ def _encode_leaves_hmt(graphdef, bparams, hmt_params, tokens, lengths, hmt_cfg):
     return mems[:, 0, None, :]  # [leaves, 1, d]
 
 
+@dataclasses.dataclass
+class LeafPassKV:
+    """Keys (before RoPE) and values of the leaf pass, per leaf, as float32 host arrays
+    `[layers, tokens, kv_heads, head_dim]`: the leaf's own tokens (`leaf_k`, `leaf_v`) and its
+    `m` write tokens (`write_k`, `write_v`)."""
+
+    leaf_k: list[np.ndarray]
+    leaf_v: list[np.ndarray]
+    write_k: list[np.ndarray]
+    write_v: list[np.ndarray]
+
+
 def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
-                  tokens: np.ndarray, lengths: np.ndarray, progress: bool = False) -> np.ndarray:
-    """Memories of the given leaves `[n, T]` -> `[n, m, d]` (host array).
+                  tokens: np.ndarray, lengths: np.ndarray, progress: bool = False,
+                  with_kv: bool = False):
+    """Memories of the given leaves `[n, T]` -> `[n, m, d]` (host array); with `with_kv`, also
+    the pass's keys and values (`LeafPassKV`), from the same pass (no second one).
 
     `independent`: batches of `cfg.leaf_batch` leaves per call (bounded memory for any count);
-    `hmt`: all leaves in document order through one HMT scan."""
+    `hmt`: all leaves in document order through one HMT scan (no KV: the cell's passes see
+    more than the leaf)."""
     from tqdm.auto import tqdm
 
     n = len(tokens)
+    if with_kv and cfg.leaf_mode == "hmt":
+        raise ValueError("leaf KV caches need leaf_mode='independent' (the hmt cell's passes "
+                         "mix leaves); build without kv_store")
     if cfg.leaf_mode == "hmt":
         out = _encode_leaves_hmt(graphdef, bparams, params["hmt"], jnp.asarray(tokens),
                                  jnp.asarray(lengths), hmt_cfg=cfg.hmt)
@@ -109,10 +143,13 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
     # Leaves go longest first into batches whose sizes come from `leaf_batch_sizes` (powers of
     # two, little padding: 17 leaves run as 16 + 1, not as 32), each batch padded to the bucket
     # of its longest leaf; the compiled programs are shared by every document.
+    m = params["leaf_write"].shape[0]
     if n == 0:
-        return np.zeros((0,) + tuple(params["leaf_write"].shape), np.float32)
+        empty = np.zeros((0,) + tuple(params["leaf_write"].shape), np.float32)
+        return (empty, LeafPassKV([], [], [], [])) if with_kv else empty
     order = np.argsort(-np.asarray(lengths), kind="stable")
     outs, i = [], 0
+    kv = LeafPassKV([None] * n, [None] * n, [None] * n, [None] * n)
     sizes = leaf_batch_sizes(n, cfg.leaf_batch)
     for lb in tqdm(sizes, desc="leaf memories", disable=not progress, leave=False):
         sel = order[i:i + lb]
@@ -124,11 +161,20 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
         if pad:
             t = np.concatenate([t, np.zeros((pad, width), t.dtype)])
             ln = np.concatenate([ln, np.zeros((pad,), ln.dtype)])
-        res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
+        if with_kv:
+            res, keys, values = _encode_leaves_kv(graphdef, bparams, params, jnp.asarray(t),
+                                                  jnp.asarray(ln))
+            keys, values = np.asarray(keys), np.asarray(values)
+            for r, j in enumerate(sel):
+                a = int(lengths[j])
+                kv.leaf_k[j], kv.leaf_v[j] = keys[:, r, :a], values[:, r, :a]
+                kv.write_k[j], kv.write_v[j] = keys[:, r, a:a + m], values[:, r, a:a + m]
+        else:
+            res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
         outs.append(np.asarray(res)[:lb - pad])
     out = np.empty((n,) + outs[0].shape[1:], np.float32)
     out[order] = np.concatenate(outs, axis=0)
-    return out
+    return (out, kv) if with_kv else out
 
 
 def leaf_batch_sizes(n: int, max_batch: int) -> list[int]:

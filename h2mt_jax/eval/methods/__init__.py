@@ -17,8 +17,10 @@ Methods:
   backbone hidden states, joined in document order by blank lines.
 - compress: LongLLMLingua-style question-aware compression (see `Compress`).
 - hmt: the HMT memory reads the document, the prompt is the last segment.
-- h2mt, h2mt_flat, h2mt_oracle, tree_text: H²MT with beam, flat or oracle routing; tree_text
-  answers from the routed leaves' raw text (RAPTOR tree traversal).
+- h2mt, h2mt_flat, h2mt_oracle: H²MT with beam, flat or oracle routing, answering from the
+  selected leaves' memory vectors; h2mt_memory_kv / h2mt_leaf_kv: beam routing, answering from the
+  leaves' stored write-token / full KV caches; tree_text: from the routed leaves' raw text
+  (RAPTOR tree traversal).
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ from h2mt_jax.eval.methods.scoring import STOPWORDS, chunk_ids
 from h2mt_jax.eval.methods.text import BM25RAG, Compress, DenseRAG, Full
 
 __all__ = ["BM25RAG", "Compress", "DenseRAG", "Full", "H2MTMethod", "H2MT_METHODS", "HMTMethod",
-           "METHODS", "Method", "MethodBase", "Prediction", "STOPWORDS", "chunk_ids", "make_method"]
+           "KV_METHODS", "METHODS", "Method", "MethodBase", "Prediction", "STOPWORDS", "chunk_ids", "make_method"]
 
-H2MT_METHODS = ("h2mt", "h2mt_flat", "h2mt_oracle", "tree_text")
+H2MT_METHODS = ("h2mt", "h2mt_flat", "h2mt_oracle", "h2mt_memory_kv", "h2mt_leaf_kv",
+                "tree_text")
+KV_METHODS = ("h2mt_memory_kv", "h2mt_leaf_kv")  # need the leaves' stored KV caches
 METHODS = ("full", "rag_bm25", "rag_dense", "compress", "hmt") + H2MT_METHODS
 
 
 def make_method(name: str, lm, *, h2mt=None, hmt=None, k: int = 4, chunk_tokens: int = 128,
                 compress_budget: int = 512, window: int | None = None,
-                fmt: str = "auto", index_cache: dict | None = None) -> Method:
+                fmt: str = "auto", index_cache: dict | None = None,
+                kv_store: str | None = None) -> Method:
     """The evaluation method `name` (one of `METHODS`) over backbone `lm`.
 
     `k`: chunks (RAG) or leaves (H²MT) selected; `chunk_tokens`: chunk size for RAG and the
@@ -65,4 +70,4 @@ def make_method(name: str, lm, *, h2mt=None, hmt=None, k: int = 4, chunk_tokens:
         return HMTMethod(name, lm, window, hmt)
     if h2mt is None:
         raise ValueError(f"method {name!r} needs an H2MT (make_method(..., h2mt=H2MT(...)))")
-    return H2MTMethod(name, lm, window, h2mt, k, fmt, index_cache)
+    return H2MTMethod(name, lm, window, h2mt, k, fmt, index_cache, kv_store)

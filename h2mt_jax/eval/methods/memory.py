@@ -35,20 +35,30 @@ class HMTMethod(MethodBase):
 
 class H2MTMethod(MethodBase):
     """H²MT and its ablations: the index is built offline per document (`h2mt.build`); the answer
-    routes the question (`route`) and reads memory tokens or, for tree_text, the leaves' text.
-    `k` (shared with the RAG baselines) sets the number of selected leaves."""
+    routes the question (`route`) and reads the selected leaves as memory vectors (`h2mt`,
+    `h2mt_flat`, `h2mt_oracle`), write-token KV (`h2mt_memory_kv`), stored leaf KV caches
+    (`h2mt_leaf_kv`) or raw text (`tree_text`). `k` (shared with the RAG baselines) sets the
+    number of selected leaves; `kv_store` the dtype of the stored KV caches (the KV methods need
+    them; methods sharing `index_cache` must agree on it)."""
 
     ROUTES = {"h2mt": ("beam", "memory"), "h2mt_flat": ("flat", "memory"),
-              "h2mt_oracle": ("oracle", "memory"), "tree_text": ("beam", "text")}
+              "h2mt_oracle": ("oracle", "memory"), "h2mt_memory_kv": ("beam", "memory_kv"),
+              "h2mt_leaf_kv": ("beam", "leaf_kv"), "tree_text": ("beam", "text")}
 
-    def __init__(self, name, lm, window, h2mt, k: int, fmt: str, index_cache: dict | None = None):
+    def __init__(self, name, lm, window, h2mt, k: int, fmt: str, index_cache: dict | None = None,
+                 kv_store: str | None = None):
         super().__init__(name, lm, window)
         self.h2mt, self.k, self.fmt = h2mt, k, fmt
+        needs_kv = self.ROUTES[name][1] in ("memory_kv", "leaf_kv")
+        if kv_store is None:
+            kv_store = h2mt.config.kv_store
+        self.kv_store = "bfloat16" if needs_kv and kv_store == "none" else kv_store
         if index_cache is not None:  # methods over the same H2MT share each document's build
             self._cache = index_cache
 
     def _build(self, context, fmt=None, outline=None):
-        return self.h2mt.build(context, fmt=fmt or self.fmt, outline=outline)
+        return self.h2mt.build(context, fmt=fmt or self.fmt, outline=outline,
+                               kv_store=self.kv_store)
 
     def index(self, doc_id: str):
         """The index built for `doc_id` by `prepare`."""
@@ -65,7 +75,7 @@ class H2MTMethod(MethodBase):
             if not gold:
                 raise ValueError(f"method {self.name!r}: no leaf overlaps the gold spans")
         a = self.h2mt.answer(index, question, template=template, max_new_tokens=max_new_tokens,
-                             k=self.k, route=route, gold_leaves=gold, context=ctx)
+                             k=self.k, route=route, gold_leaves=gold, answer_from=ctx)
         t = a.timings
         return Prediction(a.text, t["ttft_s"], t["total_s"], a.prompt_tokens, build_s=build_s,
                           retrieved=list(a.leaves),
