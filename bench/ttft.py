@@ -19,6 +19,9 @@ returned by malloc_trim first); `peak_rss_mb` is the process's absolute peak in 
 - h2mt: the tree and node memories are built offline (`build_s`, `build_tokens_per_s`, beside
   the plain backbone's forward throughput on the same tokens); TTFT = question encoding +
   routing + prefill of the prompt with k=4 memory tokens.
+- h2mt_memory_kv, h2mt_leaf_kv, tree_text: the same route answered from the 4 leaves' stored
+  write-token KV, their stored full KV caches (bfloat16, built with the index: `kv_bytes`), or
+  their raw text (`answer_from` memory_kv / leaf_kv / text).
 - empty: the same prompt with an empty context, the floor no method can beat.
 
 Prints one JSON line per (method, length), then a summary with the targets.
@@ -40,11 +43,13 @@ sys.path.insert(0, ROOT)
 
 from h2mt_jax.eval.peak_memory import PeakMemory  # noqa: E402
 
-METHODS = ("empty", "full", "rag_bm25", "hmt", "h2mt")
+H2MT_MODES = {"h2mt": "memory", "h2mt_memory_kv": "memory_kv", "h2mt_leaf_kv": "leaf_kv",
+              "tree_text": "text"}
+METHODS = ("empty", "full", "rag_bm25", "hmt") + tuple(H2MT_MODES)
 NEW_TOKENS = 16
 WARM_TOKENS = 8192
 REPEATS = 5  # timed queries of the cheap methods (median reported)
-CHEAP = ("empty", "rag_bm25", "h2mt")
+CHEAP = ("empty", "rag_bm25") + tuple(H2MT_MODES)
 
 
 def make_document(lm, n_tokens: int, seed: int = 0):
@@ -79,7 +84,9 @@ def run_method(method: str, lengths: list[int]) -> list[dict]:
     template = prompts.SYNTHETIC_TEMPLATE
     window = lm.config.max_position_embeddings - NEW_TOKENS - 8
     hmt = HMT.create(lm, HMTConfig(segment_length=256, num_sensory=32)) if method == "hmt" else None
-    h2mt = H2MT.create(lm, H2MTConfig(k=4)) if method == "h2mt" else None
+    mode = H2MT_MODES.get(method)
+    kv_store = "bfloat16" if mode in ("memory_kv", "leaf_kv") else "none"
+    h2mt = H2MT.create(lm, H2MTConfig(k=4, kv_store=kv_store)) if mode else None
     rows = []
     for n in lengths:
         text, q = make_document(lm, n)
@@ -143,9 +150,11 @@ def run_method(method: str, lengths: list[int]) -> list[dict]:
             extra["forward_tokens_per_s"] = forward_throughput(lm, text)
             extra["build_vs_forward"] = extra["build_tokens_per_s"] / extra["forward_tokens_per_s"]
             extra["gold_leaves"] = index.leaves_for_spans(q.gold_spans)
+            extra["kv_bytes"] = 0 if index.kv is None else index.kv.nbytes
 
             def query():
-                a = h2mt.answer(index, q.question, template=template, max_new_tokens=NEW_TOKENS)
+                a = h2mt.answer(index, q.question, template=template, max_new_tokens=NEW_TOKENS,
+                                answer_from=mode)
                 extra["route"] = a.leaves
                 extra["timings"] = {k: round(v, 4) for k, v in a.timings.items()}
                 query.last = a
@@ -205,6 +214,16 @@ def summarize(rows: list[dict]) -> dict:
     if get("h2mt", 16384, "peak_mem_mb") and get("full", 16384, "peak_mem_mb"):
         out["full_vs_h2mt_peak_mem_at_16k"] = (get("full", 16384, "peak_mem_mb")
                                                / get("h2mt", 16384, "peak_mem_mb"))
+    for m in ("h2mt_memory_kv", "h2mt_leaf_kv", "tree_text"):
+        if get(m, 8192) and get("empty", 8192):
+            out[f"{m}_vs_empty_ttft_at_8k"] = get(m, 8192) / get("empty", 8192)
+        if get(m, 32768) and get(m, 2048):
+            out[f"{m}_ttft_32k_vs_2k"] = get(m, 32768) / get(m, 2048)
+        if get(m, 8192) and get("rag_bm25", 8192):
+            out[f"{m}_vs_rag_bm25_ttft_at_8k"] = get(m, 8192) / get("rag_bm25", 8192)
+    kv = [r for r in rows if r["method"] == "h2mt_leaf_kv" and r.get("kv_bytes")]
+    if kv:
+        out["leaf_kv_bytes_per_1k_tokens"] = max(1000 * r["kv_bytes"] / r["doc_tokens"] for r in kv)
     builds = [r["build_vs_forward"] for r in rows if r["method"] == "h2mt"]
     if builds:
         out["h2mt_build_vs_forward_min"] = min(builds)
@@ -213,7 +232,9 @@ def summarize(rows: list[dict]) -> dict:
         "h2mt_ttft_8k_within_1_5x_of_empty": out.get("h2mt_vs_empty_ttft_at_8k", 99) <= 1.5,
         "h2mt_ttft_32k_within_1_5x_of_2k": out.get("h2mt_ttft_32k_vs_2k", 99) <= 1.5,
         "peak_mem_16k_4x_lower_than_full": out.get("full_vs_h2mt_peak_mem_at_16k", 0) >= 4,
-        "build_throughput_ge_70pct_of_forward": out.get("h2mt_build_vs_forward_min", 0) >= 0.7}
+        "build_throughput_ge_70pct_of_forward": out.get("h2mt_build_vs_forward_min", 0) >= 0.7,
+        "leaf_kv_ttft_8k_within_2x_of_empty": out.get("h2mt_leaf_kv_vs_empty_ttft_at_8k", 99) <= 2,
+        "leaf_kv_ttft_32k_within_1_5x_of_2k": out.get("h2mt_leaf_kv_ttft_32k_vs_2k", 99) <= 1.5}
     return {"summary": out, "targets_met": targets}
 
 

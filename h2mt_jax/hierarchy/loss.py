@@ -71,10 +71,10 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
     s = query_embedding(answer_model, params, ex["q_ids"][None], ex["q_len"][None])[0]
     scores = score_nodes(params, s, mem, tree.node_mask)
     route = route_loss(scores, tree, ex["gold"])
-    lp = tree.num_leaf_slots
-    leaf_ok = tree.node_mask[:lp] & (tree.leaf_lengths > 0)
-    gold_leaf = ex["gold"][:lp]
-    leaf_scores = jnp.where(leaf_ok, scores[:lp], -jnp.inf)
+    leaf_slots = tree.num_leaf_slots
+    leaf_ok = tree.node_mask[:leaf_slots] & (tree.leaf_lengths > 0)
+    gold_leaf = ex["gold"][:leaf_slots]
+    leaf_scores = jnp.where(leaf_ok, scores[:leaf_slots], -jnp.inf)
     _, sel = jax.lax.top_k(leaf_scores + GOLD_BONUS * gold_leaf, cfg.k)
     sel = jnp.sort(sel)  # document order, as at inference
     chosen = read_memories(params, mem[sel].reshape(-1, mem.shape[-1]))  # [k*m, d]

@@ -62,15 +62,15 @@ def _top(frontier, scores, k):
 def beam_route(tree: Tree, scores: Float[Array, "n"], k: int) -> Route:
     """Top-k beam descent; returns the `k` best leaves reached."""
     b = tree.fanout
-    lp = tree.num_leaf_slots
+    leaf_slots = tree.num_leaf_slots
     width = k + k * b
     root_children = tree.children[tree.root]
     frontier = jnp.full((width,), -1, jnp.int32).at[:b].set(root_children)
 
     def step(frontier, _):
         kept, _ = _top(frontier, scores, k)
-        is_leaf = (kept >= 0) & (kept < lp)
-        expand = jnp.where((kept >= lp)[:, None], tree.children[jnp.maximum(kept, 0)], -1)
+        is_leaf = (kept >= 0) & (kept < leaf_slots)
+        expand = jnp.where((kept >= leaf_slots)[:, None], tree.children[jnp.maximum(kept, 0)], -1)
         return jnp.concatenate([jnp.where(is_leaf, kept, -1), expand.reshape(-1)]), kept
 
     frontier, visited = jax.lax.scan(step, frontier, None, length=tree.max_height)
@@ -80,8 +80,8 @@ def beam_route(tree: Tree, scores: Float[Array, "n"], k: int) -> Route:
 
 def flat_route(tree: Tree, scores: Float[Array, "n"], k: int) -> Route:
     """The `k` best leaves among all leaves."""
-    lp = tree.num_leaf_slots
-    leaf_ids = jnp.arange(lp, dtype=jnp.int32)
+    leaf_slots = tree.num_leaf_slots
+    leaf_ids = jnp.arange(leaf_slots, dtype=jnp.int32)
     leaf_ids = jnp.where(tree.leaf_lengths > 0, leaf_ids, -1)
     leaves, vals = _top(leaf_ids, scores, k)
     return Route(leaves=leaves, leaf_scores=vals, visited=leaves[None], scores=scores)

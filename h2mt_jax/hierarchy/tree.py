@@ -133,30 +133,30 @@ class Tree:
 def pad_tree(spec: TreeSpec, fanout: int, leaf_len: int, *, min_leaves: int = 0,
              min_nodes: int = 0, min_height: int = 0, min_width: int = 0) -> Tree:
     """Pads a `TreeSpec` to bucketed array sizes (minimums force a larger bucket)."""
-    nl, nn = spec.n_leaves, spec.n_nodes
-    ni = nn - nl
-    lp = bucket(max(nl, min_leaves), LEAF_BUCKETS)
-    np_ = lp + bucket(max(ni, min_nodes - lp, 1), LEAF_BUCKETS)
+    n_leaves, n_nodes = spec.n_leaves, spec.n_nodes
+    n_internal = n_nodes - n_leaves
+    leaf_slots = bucket(max(n_leaves, min_leaves), LEAF_BUCKETS)
+    n_slots = leaf_slots + bucket(max(n_internal, min_nodes - leaf_slots, 1), LEAF_BUCKETS)
     heights = spec.heights()
     hmax = max(heights)
-    hp = bucket(max(hmax, min_height, 1), HEIGHT_BUCKETS)
+    height_slots = bucket(max(hmax, min_height, 1), HEIGHT_BUCKETS)
     widths = [sum(1 for h in heights if h == k) for k in range(1, hmax + 1)] or [1]
-    wp = bucket(max(max(widths), min_width), LEAF_BUCKETS)
-    ids = list(range(nl)) + list(range(lp, lp + ni))  # spec id -> padded id
+    width_slots = bucket(max(max(widths), min_width), LEAF_BUCKETS)
+    ids = _id_map(n_leaves, n_nodes, leaf_slots)  # spec id -> padded id
 
-    tokens = np.zeros((lp, leaf_len), np.int32)
-    lengths = np.zeros((lp,), np.int32)
+    tokens = np.zeros((leaf_slots, leaf_len), np.int32)
+    lengths = np.zeros((leaf_slots,), np.int32)
     for i, t in enumerate(spec.leaf_tokens):
         if len(t) > leaf_len:
             raise ValueError(f"leaf {i} has {len(t)} tokens, more than leaf_len={leaf_len}")
         tokens[i, :len(t)] = t
         lengths[i] = len(t)
-    parent = np.full((np_,), -1, np.int32)
-    children = np.full((np_, fanout), -1, np.int32)
-    height = np.full((np_,), -1, np.int32)
-    depth = np.full((np_,), -1, np.int32)
-    level_nodes = np.full((hp, wp), -1, np.int32)
-    fill = [0] * (hp + 1)
+    parent = np.full((n_slots,), -1, np.int32)
+    children = np.full((n_slots, fanout), -1, np.int32)
+    height = np.full((n_slots,), -1, np.int32)
+    depth = np.full((n_slots,), -1, np.int32)
+    level_nodes = np.full((height_slots, width_slots), -1, np.int32)
+    fill = [0] * (height_slots + 1)
     for s, p in enumerate(spec.parents()):
         parent[ids[s]] = -1 if p < 0 else ids[p]
     for s, (cs, h, d) in enumerate(zip(spec.children, heights, spec.depths())):
@@ -176,20 +176,23 @@ def pad_tree(spec: TreeSpec, fanout: int, leaf_len: int, *, min_leaves: int = 0,
                 root=jnp.asarray(ids[spec.root], jnp.int32))
 
 
+def _id_map(n_leaves: int, n_nodes: int, leaf_slots: int) -> np.ndarray:
+    return np.asarray([*range(n_leaves), *range(leaf_slots, leaf_slots + n_nodes - n_leaves)],
+                      np.int32)
+
+
 def padded_ids(spec: TreeSpec, tree: Tree) -> np.ndarray:
     """Map from spec node ids to padded node ids (leaves keep theirs; internal nodes move to
     after the `tree.num_leaf_slots` leaf slots). The one home of the mapping; `spec_id` inverts it."""
-    lp = tree.num_leaf_slots
-    return np.asarray(list(range(spec.n_leaves))
-                      + list(range(lp, lp + spec.n_nodes - spec.n_leaves)), np.int32)
+    return _id_map(spec.n_leaves, spec.n_nodes, tree.num_leaf_slots)
 
 
 def spec_id(spec: TreeSpec, tree: Tree, padded: int) -> int:
     """The spec node id of a padded node id (the inverse of `padded_ids`; -1 for padding)."""
-    lp = tree.num_leaf_slots
+    leaf_slots = tree.num_leaf_slots
     if padded < 0:
         return -1
-    if padded < lp:
+    if padded < leaf_slots:
         return padded if padded < spec.n_leaves else -1
-    n = spec.n_leaves + padded - lp
+    n = spec.n_leaves + padded - leaf_slots
     return n if n < spec.n_nodes else -1

@@ -29,7 +29,7 @@ from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.index import Index
 from h2mt_jax.hierarchy.loss import batch_loss
-from h2mt_jax.hierarchy.tree import Tree, pad_tree
+from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.io import FormatError, read_meta, write_meta
 from h2mt_jax.lm import backbone_from_config
 from h2mt_jax.shapes import bucket
@@ -71,8 +71,7 @@ def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
         spec = e.index.spec
         tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len, min_leaves=leaves,
                         min_nodes=leaves + internal, min_height=height, min_width=width)
-        ids = np.asarray([*range(spec.n_leaves),
-                          *range(leaves, leaves + spec.n_nodes - spec.n_leaves)])
+        ids = padded_ids(spec, tree)
         mem = np.zeros((tree.num_nodes,) + e.index.memories.shape[1:], np.float32)
         mem[ids] = e.index.node_memories(range(spec.n_nodes))
         gold = np.zeros(tree.num_nodes, bool)

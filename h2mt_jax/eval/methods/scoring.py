@@ -65,10 +65,10 @@ def question_loglik(lm, chunks: list[list[int]], question: list[int]) -> np.ndar
             pos[i, :len(question)] = len(c) - 1 + np.arange(len(question))
         tgt = np.zeros((ROWS, n), np.int32)
         tgt[:, :len(question)] = question
-        lp = _target_logprobs(lm.graphdef, lm.params,
+        logp = _target_logprobs(lm.graphdef, lm.params,
                               jnp.asarray(_pad_rows([c + question for c in batch], ROWS, t)),
                               jnp.asarray(pos), jnp.asarray(tgt))
-        scores.append(np.asarray(lp)[:len(batch), :len(question)].mean(1))
+        scores.append(np.asarray(logp)[:len(batch), :len(question)].mean(1))
     return np.concatenate(scores)
 
 
@@ -80,9 +80,9 @@ def token_surprisal(lm, prefix: list[int], tokens: list[int]) -> np.ndarray:
     pos[0, :len(tokens)] = len(prefix) - 1 + np.arange(len(tokens))
     tgt = np.zeros((1, n), np.int32)
     tgt[0, :len(tokens)] = tokens
-    lp = _target_logprobs(lm.graphdef, lm.params, jnp.asarray(_pad_rows([seq], 1, t)),
+    logp = _target_logprobs(lm.graphdef, lm.params, jnp.asarray(_pad_rows([seq], 1, t)),
                           jnp.asarray(pos), jnp.asarray(tgt))
-    return -np.asarray(lp)[0, :len(tokens)]
+    return -np.asarray(logp)[0, :len(tokens)]
 
 
 def chunk_ids(tokenizer, text: str, n: int) -> list[list[int]]:
