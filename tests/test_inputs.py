@@ -89,7 +89,7 @@ def _hammer(root, role, n, out):
     from h2mt_jax.weights import cache as c
 
     cfg = BackboneConfig(vocab_size=8, hidden_size=4, intermediate_size=8, num_layers=1,
-                         num_heads=1, num_kv_heads=1, head_dim=4)
+                         num_heads=1, num_kv_heads=1, head_dim=4, max_position_embeddings=16)
     misses = 0
     for i in range(n):
         if role == "writer":
