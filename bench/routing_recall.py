@@ -1,11 +1,18 @@
-"""Routing recall on HotpotQA (../shared/data/hotpotqa): gold = the supporting-fact passages.
+"""Routing recall of every node score (`h2mt.route_score`) on documents never trained on.
 
-For each record, the ten passages become an H²MT index (one passage per section, sentences as
-text); recall@k is the fraction of gold passages among the passages of the top-k routed leaves.
-Compared side by side: H²MT beam routing and flat routing with the given (default: untrained)
-memory parameters, BM25 over the same leaves, and route=oracle. Prints JSON.
+- HotpotQA (../shared/data/hotpotqa, the last 30 of the 100 records by default: the first 70 are
+  the training split): the ten passages become an H²MT index (a passage per section, sentences as
+  text); recall@k is the fraction of gold (supporting-fact) passages among the passages of the
+  top-k routed leaves.
+- Held-out synthetic manuals (the demo's: seed 0, documents 16..19): recall@k of the gold leaves,
+  split into single-evidence and two-hop questions.
+Scores: memory (the learned score; untrained unless --checkpoint), bm25, dense
+(all-MiniLM-L6-v2), fused (weighted min-max sum of bm25 and dense, optionally + memory) and
+fused_rrf (reciprocal-rank fusion), each with beam and flat routing; BM25 over the leaves
+(`rag_bm25`'s ranking) and the oracle beside them. Also: routing latency (question encoding +
+scoring + beam) at 2k and 32k document tokens. Prints JSON.
 
-    python bench/routing_recall.py [--limit 100] [--checkpoint DIR]
+    python bench/routing_recall.py [--first 70] [--limit 30] [--checkpoint DIR]
 """
 
 from __future__ import annotations
@@ -14,11 +21,17 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+SCORES = {"memory": {"route_score": "memory"}, "bm25": {"route_score": "bm25"},
+          "dense": {"route_score": "dense"}, "fused": {"route_score": "fused"},
+          "fused_rrf": {"route_score": "fused", "fuse": "rrf"},
+          "fused_memory": {"route_score": "fused", "w_memory": 0.5}}
 
 
 def bm25_rank(texts: list[str], question: str) -> list[int]:
@@ -36,51 +49,102 @@ def passage_recall(titles: list[str | None], ranked: list[int], gold: set[str], 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--first", type=int, default=70, help="HotpotQA records to skip (training)")
+    ap.add_argument("--limit", type=int, default=30)
     ap.add_argument("--checkpoint", default=None, help="trained H2MT parameters (H2MT.save)")
-    ap.add_argument("--ks", default="2,4")
+    ap.add_argument("--ks", default="1,2,4")
+    ap.add_argument("--scores", default=",".join(SCORES))
+    ap.add_argument("--manuals", type=int, default=4)
+    ap.add_argument("--latency", default="2048,32768")
     args = ap.parse_args()
+
+    import numpy as np
 
     import h2mt_jax
     from h2mt_jax.data import hotpotqa
+    from h2mt_jax.data.items import synthetic_items
+    from h2mt_jax.eval.metrics import leaf_recall
     from h2mt_jax.hierarchy.config import H2MTConfig
     from h2mt_jax.hierarchy.h2mt import H2MT
 
-    path = os.path.join(ROOT, "..", "shared", "data", "hotpotqa",
-                        "hotpot_dev_distractor_first100.json")
-    if not os.path.isfile(path):
-        sys.exit(f"{path} is absent: this benchmark needs the shared HotpotQA sample")
-    with open(path) as f:
-        records = json.load(f)
-    records = records if isinstance(records, list) else records["data"]
-    lm = h2mt_jax.load_lm("smollm2-135m-instruct")
-    h2mt = (H2MT.load(args.checkpoint, lm) if args.checkpoint
-            else H2MT.create(lm, H2MTConfig(k=max(int(k) for k in args.ks.split(",")))))
     ks = [int(k) for k in args.ks.split(",")]
     kmax = max(ks)
-    methods = ("h2mt_beam", "h2mt_flat", "bm25", "oracle")
-    sums = {m: {k: 0.0 for k in ks} for m in methods}
-    start = time.perf_counter()
-    n = 0
-    for rec in records[:args.limit]:
-        text, outline = hotpotqa.parse_hotpotqa(rec)
-        index = h2mt.build(text, outline=outline)
-        titles = [index.spec.titles[i] for i in range(index.spec.n_leaves)]
-        gold = {t for t in rec["supporting_facts"]["title"]}
-        gold_leaves = index.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
-        q = rec["question"]
-        ranked = {
-            "h2mt_beam": index.leaf_ids(h2mt.route(index, q, k=kmax, route="beam")[0].leaves),
-            "h2mt_flat": index.leaf_ids(h2mt.route(index, q, k=kmax, route="flat")[0].leaves),
-            "bm25": bm25_rank(index.leaf_texts, q), "oracle": gold_leaves}
-        for m in methods:
+    lm = h2mt_jax.load_lm("smollm2-135m-instruct")
+    base = (H2MT.load(args.checkpoint, lm) if args.checkpoint
+            else H2MT.create(lm, H2MTConfig(k=kmax)))
+    routers = {}
+    for name in args.scores.split(","):
+        routers[name] = H2MT(lm, base.config.replace(**SCORES[name]), base.params, base.lora,
+                             base.lora_scale)
+        routers[name]._embedder = base.embedder if name != "memory" else None
+    methods = [f"{s}_{r}" for s in routers for r in ("beam", "flat")] + ["bm25_leaves", "oracle"]
+
+    def ranked_by(index, question, gold_leaves):
+        out = {f"{s}_{r}": index.leaf_ids(h.route(index, question, k=kmax, route=r)[0].leaves)
+               for s, h in routers.items() for r in ("beam", "flat")}
+        out["bm25_leaves"] = bm25_rank(index.leaf_texts, question)
+        out["oracle"] = gold_leaves
+        return out
+
+    out = {"bench": "routing_recall", "parameters": args.checkpoint or "untrained (seed 0)",
+           "scores": {s: SCORES[s] for s in routers}}
+    path = os.path.join(ROOT, "..", "shared", "data", "hotpotqa",
+                        "hotpot_dev_distractor_first100.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            records = json.load(f)[args.first:args.first + args.limit]
+        sums = {m: {k: [] for k in ks} for m in methods}
+        t0 = time.perf_counter()
+        for rec in records:
+            text, outline = hotpotqa.parse_hotpotqa(rec)
+            index = base.build(text, outline=outline)
+            titles = [index.spec.titles[i] for i in range(index.spec.n_leaves)]
+            gold = set(rec["supporting_facts"]["title"])
+            gold_leaves = index.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
+            for m, ranked in ranked_by(index, rec["question"], gold_leaves).items():
+                for k in ks:
+                    sums[m][k].append(passage_recall(titles, ranked, gold, k))
+        out["hotpotqa"] = {"records": f"{args.first}..{args.first + len(records) - 1}",
+                           "recall": {m: {f"@{k}": float(np.mean(v[k])) for k in ks}
+                                      for m, v in sums.items()},
+                           "seconds": time.perf_counter() - t0}
+    else:
+        out["hotpotqa"] = f"skipped: {path} is absent"
+
+    items = synthetic_items(0, args.manuals, 16, chapters=4)
+    rows = {m: {"one": {k: [] for k in ks}, "multi": {k: [] for k in ks}} for m in methods}
+    indexes = {}
+    for it in items:
+        if it.doc_id not in indexes:
+            indexes[it.doc_id] = base.build(it.context, fmt="markdown")
+        index = indexes[it.doc_id]
+        gold = set(index.leaves_for_spans(it.gold_spans))
+        kind = "one" if len(gold) == 1 else "multi"
+        for m, ranked in ranked_by(index, it.question, sorted(gold)).items():
             for k in ks:
-                sums[m][k] += passage_recall(titles, ranked[m], gold, k)
-        n += 1
-    out = {"bench": "routing_recall", "data": "hotpotqa dev distractor (first records)",
-           "records": n, "parameters": args.checkpoint or "untrained (H2MT.create, seed 0)",
-           "recall": {m: {f"@{k}": sums[m][k] / n for k in ks} for m in methods},
-           "seconds": time.perf_counter() - start}
+                rows[m][kind][k].append(leaf_recall(gold, ranked, k))
+    out["manuals"] = {"questions": len(items), "recall": {
+        m: {kind: {f"@{k}": float(np.mean(v[kind][k])) for k in ks} | {"n": len(v[kind][ks[0]])}
+            for kind in ("one", "multi")} | {
+            "all@2": float(np.mean(v["one"][2] + v["multi"][2])) if 2 in ks else None}
+        for m, v in rows.items()}}
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from ttft import make_document
+
+    latency = {}
+    for n in [int(x) for x in args.latency.split(",") if x]:
+        text, q = make_document(lm, n)
+        index = base.build(text, fmt="markdown")
+        for s, h in routers.items():
+            h.route(index, q.question, k=4)  # compiles; dense vectors computed once
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                h.route(index, q.question, k=4)
+                times.append(time.perf_counter() - t0)
+            latency.setdefault(s, {})[str(n)] = statistics.median(times)
+    out["route_latency_s"] = latency
     print(json.dumps(out, indent=1))
 
 

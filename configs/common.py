@@ -59,6 +59,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.leaf_batch = 32  # leaves per encoding call
     c.h2mt.answer_from = "memory"  # memory | memory_kv | leaf_kv | text (what the answer reads)
     c.h2mt.kv_store = "none"  # none | bfloat16 | int8 | float32: keep leaf KV caches in indexes
+    c.h2mt.route_score = "memory"  # memory | bm25 | dense | fused: what the router ranks by
+    c.h2mt.fuse = "weighted"  # weighted (min-max normalised sum) | rrf
+    c.h2mt.w_bm25 = 1.0  # fused weights
+    c.h2mt.w_dense = 1.0
+    c.h2mt.w_memory = 0.0
+    c.h2mt.bm25_inner = "max"  # max | subtree: an inner node's BM25
 
     c.hmt = ml_collections.ConfigDict()
     c.hmt.segment_length = 256

@@ -237,3 +237,31 @@ def backbone_from_config(config) -> LM:
     dtype = "bfloat16" if config.get("train", {}).get("bf16", False) else config.get(
         "dtype", "float32")
     return load_lm(config.backbone, dtype=dtype)
+
+
+def checkpoint_backbone(recorded: str, lm: LM | None, hidden_size: int, where: str,
+                        allow_hub: bool = False) -> LM:
+    """The backbone to load a checkpoint or index with, never chosen by its metadata alone.
+
+    `recorded` is the backbone name the metadata at `where` names. With `lm` given, it must be
+    that backbone (same name, or the same width when the names differ in form, such as a path and
+    a registry name): a mismatch is an error naming both. Without `lm`, only a registry name or
+    tiny variant that resolves offline is loaded; a path or hub id in metadata is never opened or
+    fetched unless `allow_hub=True` (hub ids only)."""
+    from h2mt_jax.weights.registry import KNOWN_MODELS, wheel_gguf
+
+    if lm is not None:
+        if lm.config.hidden_size != hidden_size:
+            raise ValueError(f"{where} was made with backbone {recorded!r} (d={hidden_size}); the "
+                             f"backbone passed is {lm.name!r} (d={lm.config.hidden_size})")
+        return lm
+    known = KNOWN_MODELS.get(str(recorded).lower())
+    if recorded in TINY_RANDOM or (known is not None and wheel_gguf(known) is not None):
+        return load_lm(recorded)
+    is_hub_id = str(recorded).count("/") == 1 and not str(recorded).startswith((".", "/", "~"))
+    if allow_hub and (is_hub_id or known is not None):
+        return load_lm(recorded)
+    raise ValueError(f"{where} names backbone {recorded!r}, which is not an offline registry "
+                     "name: pass the backbone yourself (lm=h2mt_jax.load_lm(...)), or "
+                     "allow_hub=True to fetch a hub id; a checkpoint's metadata never chooses "
+                     "files to open")

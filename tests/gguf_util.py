@@ -8,7 +8,13 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-from h2mt_jax.weights.gguf import permute_rows
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Q/K rows as llama.cpp's convert_hf_to_gguf.py writes them (its `permute`, restated here
+    from its documented formula, independently of the library's inverse)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
 
 _LAYER = {"input_layernorm.weight": "attn_norm.weight",
           "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -19,20 +25,29 @@ _LAYER = {"input_layernorm.weight": "attn_norm.weight",
           "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
 
 
-def write_gguf(hf_dir, out_path, arch: str | None = None, quant=None) -> None:
+def write_gguf(hf_dir, out_path, arch: str | None = None, quant=None, drop: str | None = None,
+               set: tuple[str, int] | None = None) -> None:  # noqa: A002
+    """`drop`: leave out one `{arch}.*` metadata field; `set`: (field, value) to write instead."""
     cfg = json.load(open(hf_dir / "config.json"))
     arch = arch or cfg["model_type"]
     tensors = load_file(str(hf_dir / "model.safetensors"))
     w = gguf.GGUFWriter(str(out_path), arch)
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_vocab_size(cfg["vocab_size"])
+    fields = {"block_count": cfg["num_hidden_layers"], "embedding_length": cfg["hidden_size"],
+              "feed_forward_length": cfg["intermediate_size"],
+              "attention.head_count": cfg["num_attention_heads"],
+              "attention.head_count_kv": cfg["num_key_value_heads"],
+              "rope.freq_base": float(cfg.get("rope_theta", 10000.0)),
+              "attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
+              "context_length": cfg["max_position_embeddings"], "vocab_size": cfg["vocab_size"]}
+    if set is not None:
+        fields[set[0].removeprefix(f"{arch}.")] = set[1]
+    for key, value in fields.items():
+        if drop == f"{arch}.{key}":
+            continue
+        if isinstance(value, float):
+            w.add_float32(f"{arch}.{key}", value)
+        else:
+            w.add_uint32(f"{arch}.{key}", int(value))
     for name, arr in tensors.items():
         if name == "model.embed_tokens.weight":
             g = "token_embd.weight"
@@ -45,7 +60,7 @@ def write_gguf(hf_dir, out_path, arch: str | None = None, quant=None) -> None:
             g = f"blk.{i}.{_LAYER[rest]}"
         if arch == "llama" and (".attn_q." in g or ".attn_k." in g):
             heads = cfg["num_attention_heads"] if ".attn_q." in g else cfg["num_key_value_heads"]
-            arr = permute_rows(arr, heads)
+            arr = llama_cpp_permute(arr, heads)
         arr = np.ascontiguousarray(arr, np.float32)
         if quant is not None and arr.ndim == 2:
             w.add_tensor(g, gguf.quants.quantize(arr, quant), raw_dtype=quant)

@@ -68,6 +68,11 @@ def test_sampling_is_seeded_and_respects_top_p(tiny_lm):
     a = tiny_lm.generate_ids(p, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=1).tokens
     b = tiny_lm.generate_ids(p, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=1).tokens
     assert a == b
+    # the temperature is used: greedy repeats one answer, sampling at T=1 gives several
+    greedy = {tuple(tiny_lm.generate_ids(p, max_new_tokens=6, seed=s).tokens[0]) for s in range(8)}
+    sampled = {tuple(tiny_lm.generate_ids(p, max_new_tokens=6, temperature=1.0, seed=s).tokens[0])
+               for s in range(8)}
+    assert len(greedy) == 1 and len(sampled) > 1
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
     kept = np.isfinite(np.asarray(top_p_filter(logits, 0.7)))[0]
     assert kept.tolist() == [True, True, False, False]

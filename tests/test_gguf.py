@@ -8,15 +8,19 @@ import pytest
 
 import h2mt_jax
 from conftest import make_tiny
-from gguf_util import write_gguf
+from gguf_util import llama_cpp_permute, write_gguf
 from h2mt_jax.backbone.config import UnsupportedModelError
-from h2mt_jax.weights.gguf import permute_rows, unpermute_rows
+from h2mt_jax.weights.gguf import unpermute_rows
 
 
 def test_unpermute_inverts_permute(rng):
     w = rng.standard_normal((3 * 8, 5))
-    np.testing.assert_array_equal(unpermute_rows(permute_rows(w, 3), 3), w)
-    assert not np.array_equal(permute_rows(w, 3), w)
+    # the library undoes llama.cpp's permutation (restated in the test, not the library's own)
+    np.testing.assert_array_equal(unpermute_rows(llama_cpp_permute(w, 3), 3), w)
+    assert not np.array_equal(llama_cpp_permute(w, 3), w)
+    # per head: rows (0, 1, 2, 3) of the pairs layout are HF's (0, 2, 1, 3) for head_dim 4
+    rows = np.arange(4)[:, None].astype(float)
+    np.testing.assert_array_equal(llama_cpp_permute(rows, 1)[:, 0], [0, 2, 1, 3])
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -32,6 +36,11 @@ def test_f32_gguf_equals_safetensors(tmp_path, kind, monkeypatch):
     lm = h2mt_jax.load_lm(path, tokenizer=False)
     # Then the logits agree, also on the second (cached) load
     np.testing.assert_allclose(np.asarray(lm.logits(ids)), from_hf, atol=1e-5)
+    from h2mt_jax.weights import gguf as gguf_module
+
+    monkeypatch.setattr(gguf_module, "read_gguf", lambda *a, **k: pytest.fail("cache missed"))
+    cached = h2mt_jax.load_lm(path, tokenizer=False)  # served by the cache: the GGUF is not read
+    np.testing.assert_allclose(np.asarray(cached.logits(ids)), from_hf, atol=1e-5)
     assert lm.config.tie_word_embeddings == (kind == "qwen2")
     assert lm.config.attention_bias == (kind == "qwen2")
     again = h2mt_jax.load_lm(path, tokenizer=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import warnings
 
 import jax.numpy as jnp
@@ -182,19 +181,26 @@ def test_bad_documents(h2mt):
         h2mt.answer(one, "What?", route="oracle")
 
 
-def test_million_token_document_streams_leaves(h2mt):
-    # Given ~1M tokens of text (a paragraph repeated with a counter so leaves differ)
+def test_long_document_streams_leaves_in_bounded_batches(h2mt, monkeypatch):
+    # Given ~50k tokens of text (a paragraph repeated with a counter so leaves differ)
+    from h2mt_jax.hierarchy import memory
+
     para = ("Section {i} describes the maintenance of unit {i}. The pump must be checked every "
             "{j} days by the operator on duty, who records the pressure in the log book. ") * 3
-    text = "\n\n".join(para.format(i=i, j=i % 97) for i in range(10_500))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    text = "\n\n".join(para.format(i=i, j=i % 97) for i in range(520))
+    calls = []
+    encode = memory._encode_leaves
+    monkeypatch.setattr(memory, "_encode_leaves", lambda g, b, p, tokens, lengths: (
+        calls.append(tuple(tokens.shape)) or encode(g, b, p, tokens, lengths)))
     idx = h2mt.build(text, fmt="plain")
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    # Then the index holds every leaf, and memory grew far less than holding all activations
-    assert idx.timings["leaf_tokens"] > 900_000
-    assert idx.spec.n_leaves > 15_000
+    # Then the encoder saw every leaf, in batches of at most `leaf_batch` rows no wider than a
+    # leaf, so its activations are bounded whatever the document's length
+    assert idx.timings["leaf_tokens"] > 45_000
+    n, batch = idx.spec.n_leaves, h2mt.config.leaf_batch
+    assert sum(b for b, _ in calls) >= n and sum(b for b, _ in calls) - n < batch
+    assert max(b for b, _ in calls) <= batch and len(calls) >= n // batch
+    assert max(w for _, w in calls) <= h2mt.config.build.leaf_len
     idx.spec.validate(h2mt.config.build.fanout)
-    assert grown_mb < 3000
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 17, 23, 31, 33, 100])

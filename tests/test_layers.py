@@ -11,6 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "h2mt_jax"
 # Low to high; written once. Utilities first, then data -> backbone/weights/generation -> lm ->
 # hmt -> hierarchy -> eval, train, and the command line on top.
 LAYERS = ["typing", "shapes", "io", "errors", "data", "backbone", "weights", "generation", "lm",
+          "embedder",
           "hmt", "hierarchy", "eval", "train", "cli"]
 
 

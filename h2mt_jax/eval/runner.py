@@ -8,9 +8,11 @@ against time to first token (`.png`) beside it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -62,16 +64,39 @@ def _load_models(config, lm, methods):
     return h2mt, hmt
 
 
-def _done(partial: str) -> dict:
-    done = {}
+def settings_hash(config) -> str:
+    """What a finished row depends on besides its method and item: the backbone, checkpoints,
+    model and evaluation settings and the data. Rows of another run are never reused."""
+    keys = {"backbone": config.backbone, "dtype": config.dtype, "seed": config.seed,
+            "checkpoint": config.checkpoint, "hmt_checkpoint": config.get("hmt_checkpoint", ""),
+            "h2mt": config.h2mt.to_dict(), "hmt": config.hmt.to_dict(),
+            "eval": {k: v for k, v in config.eval.to_dict().items()
+                     if k not in ("max_examples", "warmup")},  # neither changes a row
+            "data": {k: v for k, v in config.data.to_dict().items()
+                     if k not in ("limit", "on_error")}}
+    return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done(partial: str, settings: str) -> dict:
+    """Finished rows of an interrupted run with the same settings; other lines (cut by the
+    interruption, foreign, or of other settings) are skipped and counted in one warning."""
+    done, skipped = {}, 0
     if os.path.isfile(partial):
-        with open(partial) as f:
+        with open(partial, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by the interruption
-                    continue
-                done[(row["method"], row["id"])] = row
+                    key = (row["method"], row["id"])
+                    ok = row.get("settings") == settings
+                except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
+                    ok = False
+                if ok:
+                    done[key] = row
+                elif line.strip():
+                    skipped += 1
+    if skipped:
+        warnings.warn(f"{partial}: {skipped} line(s) not reused (cut, foreign, or from a run "
+                      "with other settings); those examples run again", stacklevel=3)
     return done
 
 
@@ -152,7 +177,8 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     lm = lm or backbone_from_config(config)
     h2mt, hmt = _load_models(config, lm, methods)
     settings = EvalSettings.from_config(config)
-    done = _done(partial)
+    settings_key = settings_hash(config)
+    done = _done(partial, settings_key)
     rows = list(done.values())
     k = config.eval.get("k", 4)
     indexes: dict = {}  # doc_id -> (index, build_s), shared by the H²MT methods
@@ -168,6 +194,7 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
             warm_up(method, todo[0], settings)
         for it in tqdm(todo, desc=f"evaluating {name}", disable=not progress):
             row = evaluate_example(method, it, settings)
+            row["settings"] = settings_key
             if name in H2MT_METHODS and name != index_owner:
                 row["index_shared_with"] = index_owner
             with open(partial, "a") as f:

@@ -12,6 +12,9 @@ AGGREGATORS = ("backbone", "attention", "mean")
 ROUTES = ("beam", "flat", "oracle")
 ANSWER_MODES = ("memory", "memory_kv", "leaf_kv", "text")
 KV_STORES = ("none", "bfloat16", "int8", "float32")
+ROUTE_SCORES = ("memory", "bm25", "dense", "fused")
+FUSIONS = ("weighted", "rrf")
+BM25_INNER = ("max", "subtree")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +29,12 @@ class H2MTConfig:
     from the selected leaves: "memory" (memory vectors as input embeddings), "memory_kv" (the
     write tokens' per-layer keys/values), "leaf_kv" (each leaf's full KV cache, stored in the
     index: exact), "text" (the leaves' raw text). kv_store: "none", or the dtype ("bfloat16",
-    "int8") in which `build` keeps every leaf's KV cache (what memory_kv and leaf_kv read)."""
+    "int8") in which `build` keeps every leaf's KV cache (what memory_kv and leaf_kv read).
+    route_score: the node score the router ranks by: "memory" (the learned bilinear score),
+    "bm25", "dense" (all-MiniLM-L6-v2 cosine) or "fused" (`fuse` = "weighted" min-max
+    normalised sum, or "rrf" reciprocal-rank fusion, with weights `w_bm25`, `w_dense`,
+    `w_memory`); bm25_inner: an inner node's BM25 is the "max" over its children or its
+    "subtree" text's (see `hierarchy.node_scores`)."""
 
     build: BuildConfig = BuildConfig()
     mem_tokens: int = 1
@@ -39,6 +47,12 @@ class H2MTConfig:
     leaf_batch: int = 32
     answer_from: str = "memory"
     kv_store: str = "none"
+    route_score: str = "memory"
+    fuse: str = "weighted"
+    w_bm25: float = 1.0
+    w_dense: float = 1.0
+    w_memory: float = 0.0
+    bm25_inner: str = "max"
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 
     def __post_init__(self):
@@ -46,11 +60,17 @@ class H2MTConfig:
                                      ("aggregator", self.aggregator, AGGREGATORS),
                                      ("route", self.route, ROUTES),
                                      ("answer_from", self.answer_from, ANSWER_MODES),
-                                     ("kv_store", self.kv_store, KV_STORES)):
+                                     ("kv_store", self.kv_store, KV_STORES),
+                                     ("route_score", self.route_score, ROUTE_SCORES),
+                                     ("fuse", self.fuse, FUSIONS),
+                                     ("bm25_inner", self.bm25_inner, BM25_INNER)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.mem_tokens < 1 or self.k < 1 or self.recall_dim < 1 or self.leaf_batch < 1:
             raise ValueError("mem_tokens, k, recall_dim and leaf_batch must be >= 1")
+        if min(self.w_bm25, self.w_dense, self.w_memory) < 0:
+            raise ValueError("w_bm25, w_dense and w_memory must be >= 0")
+        self.score_weights()  # a fused score needs a positive weight
         if self.leaf_mode == "hmt":
             if self.kv_store != "none":
                 raise ValueError("kv_store needs leaf_mode='independent': the hmt cell's passes "
@@ -64,6 +84,16 @@ class H2MTConfig:
             if self.hmt.tokens_per_segment < self.build.leaf_len:
                 raise ValueError(f"the HMT segment holds {self.hmt.tokens_per_segment} tokens, "
                                  f"fewer than a leaf's {self.build.leaf_len}")
+
+    def score_weights(self) -> tuple[tuple[str, float], ...]:
+        """The score kinds the router combines, with their weights (static, hashable)."""
+        if self.route_score != "fused":
+            return ((self.route_score, 1.0),)
+        kinds = (("bm25", self.w_bm25), ("dense", self.w_dense), ("memory", self.w_memory))
+        kinds = tuple((k, float(w)) for k, w in kinds if w > 0)
+        if not kinds:
+            raise ValueError("route_score='fused' needs a positive weight")
+        return kinds
 
     def replace(self, **kw) -> "H2MTConfig":
         return dataclasses.replace(self, **kw)

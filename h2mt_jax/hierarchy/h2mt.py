@@ -27,10 +27,12 @@ from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
                                        sweep)
-from h2mt_jax.hierarchy.route import Route, beam_route, flat_route, query_embedding, score_nodes
+from h2mt_jax.hierarchy.node_scores import bm25_scores, fuse_scores, leaf_texts, node_vectors
+from h2mt_jax.hierarchy.route import (Route, beam_route, flat_route, node_scores,
+                                      query_embedding, score_nodes)
 from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.io import load_tree, read_meta, save_tree, write_meta
-from h2mt_jax.lm import LM
+from h2mt_jax.lm import LM, checkpoint_backbone
 
 FORMAT = "h2mt_jax.h2mt/1"
 
@@ -41,9 +43,18 @@ def _query(graphdef, bparams, params, ids, lengths):
     return query_embedding(model, params, ids, lengths)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "kind"))
-def _route(params, tree: Tree, mem, s, k: int, kind: str) -> Route:
-    scores = score_nodes(params, s, mem, tree.node_mask)
+@functools.partial(jax.jit, static_argnames=("k", "kind", "weights", "fuse"))
+def _route(params, tree: Tree, mem, s, extra: dict, k: int, kind: str,
+           weights: tuple = (("memory", 1.0),), fuse: str = "weighted") -> Route:
+    """Scores every node (the learned score alone, or fused with the per-node `extra` arrays
+    `{kind: [N]}`, see `node_scores.fuse_scores`) and routes by `kind`."""
+    if weights == (("memory", 1.0),):
+        scores = score_nodes(params, s, mem, tree.node_mask)
+    else:
+        kinds = dict(extra)
+        if s is not None:
+            kinds["memory"] = node_scores(params, s, mem)
+        scores = fuse_scores(kinds, dict(weights), tree.node_mask, fuse)
     return (beam_route if kind == "beam" else flat_route)(tree, scores, k)
 
 
@@ -73,6 +84,7 @@ class H2MT:
         self.lora, self.lora_scale = lora, float(lora_scale)
         self._embedding = None
         self._answer_lm = None
+        self._embedder = None
 
     @property
     def tokenizer(self):
@@ -138,11 +150,16 @@ class H2MT:
                                jnp.asarray(mem), tree.level_nodes, kind=cfg.aggregator))
         t4 = time.perf_counter()
         tokens = sum(len(t) for t in spec.leaf_tokens)
-        return Index(text, spec, tree, mem, cfg.build, doc_id, {
+        index = Index(text, spec, tree, mem, cfg.build, doc_id, {
             "parse_s": t1 - t0, "tree_s": t2 - t1, "leaves_s": t3 - t2, "sweep_s": t4 - t3,
             "total_s": t4 - t0, "leaf_tokens": tokens, "leaves": spec.n_leaves,
             "nodes": spec.n_nodes, "tokens_per_s": tokens / (t4 - t0),
             "kv_bytes": 0 if kv is None else kv.nbytes}, kv)
+        if "dense" in dict(cfg.score_weights()):  # offline, with the index
+            t5 = time.perf_counter()
+            self.node_vectors(index)
+            index.timings["dense_s"] = time.perf_counter() - t5
+        return index
 
     def _leaf_pass(self, leaf_tokens, kv_store: str, progress: bool = False
                    ) -> tuple[np.ndarray, LeafKV | None]:
@@ -196,8 +213,14 @@ class H2MT:
                                jnp.asarray(mem), jnp.asarray(levels), kind=self.config.aggregator))
         timings = dict(index.timings, append_s=time.perf_counter() - t0,
                        recomputed_nodes=len(dirty))
-        return Index(index.text + sep + add, spec, tree, mem, index.build, index.doc_id, timings,
-                     kv)
+        grown = Index(index.text + sep + add, spec, tree, mem, index.build, index.doc_id, timings,
+                      kv)
+        if index.node_vectors is not None:  # old leaves keep their vectors; inner nodes re-mean
+            old = index.spec.n_leaves
+            new = self.embedder.embed(leaf_texts(grown)[old:])
+            grown.node_vectors = node_vectors(spec, np.concatenate(
+                [index.node_vectors[:old], new]))
+        return grown
 
     # -- online --------------------------------------------------------------------------------
     def route(self, index: Index, question: str, k: int | None = None, route: str | None = None,
@@ -213,19 +236,54 @@ class H2MT:
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError("the question is empty")
-        tb = bucket(len(ids))
-        q = np.zeros((1, tb), np.int32)
-        q[0, :len(ids)] = ids
-        qlm = self.answer_lm
-        s = _query(qlm.graphdef, qlm.params, self.params, jnp.asarray(q),
-                   jnp.asarray([len(ids)], jnp.int32))
-        s.block_until_ready()
+        weights = self.config.score_weights()
+        s = None
+        if "memory" in dict(weights):
+            tb = bucket(len(ids))
+            q = np.zeros((1, tb), np.int32)
+            q[0, :len(ids)] = ids
+            qlm = self.answer_lm
+            s = _query(qlm.graphdef, qlm.params, self.params, jnp.asarray(q),
+                       jnp.asarray([len(ids)], jnp.int32))
+            s.block_until_ready()
+        extra = self._extra_scores(index, question, dict(weights))
         t1 = time.perf_counter()
-        r = _route(self.params, index.tree, jnp.asarray(index.memories), s,
-                   k=min(k, index.spec.n_leaves), kind=kind)
+        r = _route(self.params, index.tree, jnp.asarray(index.memories), s, extra,
+                   k=min(k, index.spec.n_leaves), kind=kind, weights=weights,
+                   fuse=self.config.fuse)
         r = jax.device_get(r)
         t2 = time.perf_counter()
         return r, {"query_s": t1 - t0, "route_s": t2 - t1}
+
+    @property
+    def embedder(self):
+        """The sentence embedder of dense scores (all-MiniLM-L6-v2, loaded on first use)."""
+        if self._embedder is None:
+            from h2mt_jax.embedder import SentenceEmbedder
+
+            self._embedder = SentenceEmbedder.load()
+        return self._embedder
+
+    def node_vectors(self, index: Index) -> np.ndarray:
+        """The index's dense node vectors `[n_nodes, d]`, computed (and kept) when missing."""
+        if index.node_vectors is None:
+            index.node_vectors = node_vectors(index.spec, self.embedder.embed(leaf_texts(index)))
+        return index.node_vectors
+
+    def _extra_scores(self, index: Index, question: str, weights: dict) -> dict:
+        """Padded per-node lexical and dense scores `{kind: [N]}` for the kinds in `weights`
+        (question-time work: part of the query time)."""
+        out = {}
+        pid = index.padded_ids
+        if "bm25" in weights:
+            x = np.zeros(index.tree.num_nodes, np.float32)
+            x[pid] = bm25_scores(index, question, self.config.bm25_inner)
+            out["bm25"] = jnp.asarray(x)
+        if "dense" in weights:
+            x = np.zeros(index.tree.num_nodes, np.float32)
+            x[pid] = self.node_vectors(index) @ self.embedder.embed([question])[0]
+            out["dense"] = jnp.asarray(x)
+        return out
 
     def _selected_nodes(self, index: Index, leaves: list[int]) -> list[int]:
         """Spec ids fed to the answer prompt: ancestors (coarse to fine) then the leaves in
@@ -312,9 +370,17 @@ class H2MT:
         self.save(os.path.join(directory, "model"))
 
     @classmethod
-    def load_index(cls, directory, lm: LM | None = None) -> tuple["H2MT", Index]:
-        """(H2MT, Index) from a directory written by `save_index`."""
-        return cls.load(os.path.join(directory, "model"), lm), Index.load(directory)
+    def load_index(cls, directory, lm: LM | None = None, allow_hub: bool = False
+                   ) -> tuple["H2MT", Index]:
+        """(H2MT, Index) from a directory written by `save_index` (the backbone: see `load`);
+        the index's memories must fit the model (`m` vectors of the backbone's width)."""
+        h2mt = cls.load(os.path.join(directory, "model"), lm, allow_hub)
+        index = Index.load(directory)
+        want = (h2mt.config.mem_tokens, h2mt.lm.config.hidden_size)
+        if tuple(index.memories.shape[1:]) != want:
+            raise ValueError(f"{directory}/memories.npy holds memories of shape (m, d) = "
+                             f"{tuple(index.memories.shape[1:])}; the model makes {want}")
+        return h2mt, index
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, directory) -> None:
@@ -327,15 +393,12 @@ class H2MT:
                    lora_scale=self.lora_scale)
 
     @classmethod
-    def load(cls, directory, lm: LM | None = None) -> "H2MT":
-        """An H2MT saved by `save`; the backbone by its saved name unless `lm` is given."""
-        import h2mt_jax
-
+    def load(cls, directory, lm: LM | None = None, allow_hub: bool = False) -> "H2MT":
+        """An H2MT saved by `save`. The backbone: `lm`, else the saved name when it is an offline
+        registry name (`lm.checkpoint_backbone`: metadata never opens paths or fetches)."""
         meta = read_meta(os.path.join(directory, "h2mt.json"), FORMAT, "an H2MT checkpoint")
-        lm = lm or h2mt_jax.load_lm(meta["backbone"])
-        if lm.config.hidden_size != meta["hidden_size"]:
-            raise ValueError(f"checkpoint was trained on a backbone with d={meta['hidden_size']}, "
-                             f"this backbone has d={lm.config.hidden_size}")
+        lm = checkpoint_backbone(meta["backbone"], lm, meta["hidden_size"],
+                                 os.path.join(directory, "h2mt.json"), allow_hub)
         tree = jax.tree.map(jnp.asarray, load_tree(os.path.join(directory, "h2mt.safetensors")))
         return cls(lm, H2MTConfig.from_dict(meta["config"]), tree["params"], tree.get("lora"),
                    meta.get("lora_scale", 1.0))

@@ -16,6 +16,7 @@ from h2mt_jax.hierarchy.build import BuildConfig, Node, internal_in_order, numbe
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.tree import Tree, TreeSpec, pad_tree, padded_ids, spec_id
 from h2mt_jax.io import atomic_write, read_meta, write_meta
+from h2mt_jax.shapes import HEIGHT_BUCKETS, LEAF_BUCKETS, bucket
 
 FORMAT = "h2mt_jax.index/1"
 
@@ -33,6 +34,7 @@ class Index:
     doc_id: str = ""
     timings: dict = dataclasses.field(default_factory=dict)
     kv: LeafKV | None = None  # per-leaf KV caches (built with kv_store), for memory_kv / leaf_kv
+    node_vectors: np.ndarray | None = None  # [n_nodes, d] dense routing vectors (spec ids)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -75,23 +77,36 @@ class Index:
         atomic_write(os.path.join(directory, "memories.npy"), lambda f: np.save(f, self.memories))
         if self.kv is not None:
             self.kv.save(directory)
+        if self.node_vectors is not None:
+            atomic_write(os.path.join(directory, "node_vectors.npy"),
+                         lambda f: np.save(f, np.asarray(self.node_vectors, np.float32)))
         write_meta(os.path.join(directory, "index.json"), FORMAT, indent=None,
                    doc_id=self.doc_id, text=self.text, build=dataclasses.asdict(self.build),
                    timings=self.timings, leaf_tokens=self.spec.leaf_tokens,
                    leaf_spans=self.spec.leaf_spans, children=self.spec.children,
                    titles=self.spec.titles, kv=None if self.kv is None else self.kv.meta(),
+                   node_vectors=self.node_vectors is not None,
                    padding={"leaves": self.tree.num_leaf_slots, "nodes": self.tree.num_nodes,
                             "height": self.tree.max_height,
                             "width": int(self.tree.level_nodes.shape[1])})
 
     @classmethod
     def load(cls, directory) -> "Index":
-        meta = read_meta(os.path.join(directory, "index.json"), FORMAT, "an H2MT index")
-        spec = TreeSpec(leaf_tokens=meta["leaf_tokens"],
-                        leaf_spans=[tuple(s) for s in meta["leaf_spans"]],
-                        children=meta["children"], titles=meta["titles"])
-        build = BuildConfig(**meta["build"])
-        pad = meta["padding"]
+        """An index written by `save`. Every stored field is checked before anything is built
+        from it (the tree's shape, spans inside the text, padding bounded by the tree's own
+        sizes, array shapes); a bad one is a ValueError naming the field."""
+        path = os.path.join(directory, "index.json")
+        meta = read_meta(path, FORMAT, "an H2MT index")
+        try:
+            spec = TreeSpec(leaf_tokens=[[int(t) for t in ids] for ids in meta["leaf_tokens"]],
+                            leaf_spans=[(int(a), int(b)) for a, b in meta["leaf_spans"]],
+                            children=[[int(c) for c in cs] for cs in meta["children"]],
+                            titles=list(meta["titles"]))
+            build = BuildConfig(**meta["build"])
+            text, pad = meta["text"], {k: int(v) for k, v in meta["padding"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: malformed field ({type(e).__name__}: {e})") from e
+        validate_stored_tree(spec, build, text, pad, path)
         tree = pad_tree(spec, build.fanout, build.leaf_len, min_leaves=pad["leaves"],
                         min_nodes=pad["nodes"], min_height=pad["height"], min_width=pad["width"])
         memories = np.load(os.path.join(directory, "memories.npy"), allow_pickle=False)
@@ -104,8 +119,59 @@ class Index:
                     int(n) != len(t) for n, t in zip(kv.lengths, spec.leaf_tokens)):
                 raise ValueError(f"{directory}: the stored leaf KV caches do not match the "
                                  "tree's leaves (kv.lengths)")
-        return cls(meta["text"], spec, tree, memories, build, meta.get("doc_id", ""),
-                   meta.get("timings", {}), kv)
+        vectors = None
+        if meta.get("node_vectors"):
+            vectors = np.load(os.path.join(directory, "node_vectors.npy"), allow_pickle=False)
+            if vectors.shape[0] != spec.n_nodes:
+                raise ValueError(f"{directory}: node_vectors.npy has {vectors.shape[0]} rows, "
+                                 f"the tree {spec.n_nodes} nodes")
+        return cls(text, spec, tree, memories, build, meta.get("doc_id", ""),
+                   meta.get("timings", {}), kv, vectors)
+
+
+def validate_stored_tree(spec: TreeSpec, build: BuildConfig, text: str, pad: dict,
+                         where: str) -> None:
+    """Raises ValueError naming the first field of a stored tree that a saved index cannot have:
+    children out of range or not below their parent (which also rules out cycles), a node with
+    two parents or none, spans outside the text, leaves longer than `leaf_len`, padding beyond
+    twice the bucket of the tree's own sizes (a crafted size would allocate without bound)."""
+    n_leaves, n_nodes = spec.n_leaves, spec.n_nodes
+    if n_leaves < 1 or len(spec.children) < n_leaves:
+        raise ValueError(f"{where}: leaf_tokens/children: {n_leaves} leaves, {n_nodes} nodes")
+    if len(spec.leaf_spans) != n_leaves or len(spec.titles) != n_nodes:
+        raise ValueError(f"{where}: leaf_spans ({len(spec.leaf_spans)}) / titles "
+                         f"({len(spec.titles)}) do not match {n_leaves} leaves, {n_nodes} nodes")
+    for i, (a, b) in enumerate(spec.leaf_spans):
+        if not 0 <= a < b <= len(text):
+            raise ValueError(f"{where}: leaf_spans[{i}] = {(a, b)} is empty or outside the "
+                             f"text of {len(text)} characters")
+    for i, ids in enumerate(spec.leaf_tokens):
+        if not 0 < len(ids) <= build.leaf_len:
+            raise ValueError(f"{where}: leaf_tokens[{i}] has {len(ids)} tokens (1..{build.leaf_len})")
+    parents = [0] * n_nodes
+    for n, cs in enumerate(spec.children):
+        if (n < n_leaves) != (not cs) or len(cs) > build.fanout:
+            raise ValueError(f"{where}: children[{n}] = {cs[:8]}: leaves have none, inner nodes "
+                             f"1..{build.fanout}")
+        for c in cs:
+            if not 0 <= c < n:
+                raise ValueError(f"{where}: children[{n}] holds {c}: a child id must be in "
+                                 f"[0, {n}) (below its parent)")
+            parents[c] += 1
+    if parents[-1] != 0 or any(p != 1 for p in parents[:-1]):
+        raise ValueError(f"{where}: children: every node but the root (the last) needs exactly "
+                         "one parent")
+    heights = spec.heights()
+    widths = [heights.count(h) for h in range(1, max(heights) + 1)] or [1]
+    limits = {"leaves": bucket(n_leaves, LEAF_BUCKETS),
+              "nodes": bucket(n_leaves, LEAF_BUCKETS) + bucket(max(n_nodes - n_leaves, 1),
+                                                               LEAF_BUCKETS),
+              "height": bucket(max(max(heights), 1), HEIGHT_BUCKETS),
+              "width": bucket(max(widths), LEAF_BUCKETS)}
+    for key, limit in limits.items():
+        if key not in pad or not 0 <= pad[key] <= 2 * limit:
+            raise ValueError(f"{where}: padding.{key} = {pad.get(key)} is beyond twice the tree's "
+                             f"own bucket ({limit})")
 
 
 def spec_to_nodes(spec: TreeSpec) -> tuple[Node, list[Node], dict[int, int]]:

@@ -146,10 +146,15 @@ def main(argv=None):
     ap.add_argument("--dataset", default="synthetic", help="prompt template for the answer")
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--route", default=None, choices=["beam", "flat"])
+    ap.add_argument("--backbone", default=None,
+                    help="the backbone the index was built with (registry name, .gguf, HF dir); "
+                         "default: the index's recorded name, when it is an offline registry name")
     args = ap.parse_args(argv)
+    import h2mt_jax
     from h2mt_jax.hierarchy.h2mt import H2MT
 
-    h2mt, index = H2MT.load_index(args.index)
+    lm = h2mt_jax.load_lm(args.backbone) if args.backbone else None
+    h2mt, index = H2MT.load_index(args.index, lm=lm)
     ans = h2mt.answer(index, args.question, dataset=args.dataset, k=args.k, route=args.route)
     if args.out.endswith(".png"):
         render_png(index, ans, args.question, args.out)

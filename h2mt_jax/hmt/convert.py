@@ -40,6 +40,9 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: entry {bad!r} is a {type(sd[bad]).__name__}, not a tensor")
     return {k: v.detach().float().numpy() for k, v in sd.items()}
 
 

@@ -24,7 +24,7 @@ from h2mt_jax.hmt.cell import (HMTParams, HMTState, init_params, recall, run_seg
 from h2mt_jax.hmt.checkpoint import check_backbone, load_hmt_state, save_hmt
 from h2mt_jax.hmt.config import HMTConfig
 from h2mt_jax.hmt.loss import token_nll
-from h2mt_jax.lm import LM, load_lm
+from h2mt_jax.lm import LM, checkpoint_backbone
 
 STREAM_CHUNK = 16  # segments per compiled streaming call
 
@@ -215,12 +215,14 @@ class HMT:
         save_hmt(self, directory)
 
     @classmethod
-    def load(cls, directory, lm: LM | None = None) -> "HMT":
-        """An HMT saved by `save`; the backbone is loaded by its saved name unless `lm` is given
-        (its hidden size must match the checkpoint's)."""
+    def load(cls, directory, lm: LM | None = None, allow_hub: bool = False) -> "HMT":
+        """An HMT saved by `save`. The backbone: `lm` (its hidden size must match the
+        checkpoint's), else the saved name when it is an offline registry name
+        (`lm.checkpoint_backbone`: metadata never opens paths or fetches)."""
         config, tree, meta = load_hmt_state(directory)
         if lm is None:
-            lm = load_lm(meta["backbone"])
+            lm = checkpoint_backbone(meta["backbone"], None, meta["backbone_hidden_size"],
+                                     directory, allow_hub)
         check_backbone(meta, lm.config.hidden_size)
         tree = jax.tree.map(jnp.asarray, tree)
         return cls(lm, config, tree["params"], tree.get("lora"), meta.get("lora_scale", 1.0))

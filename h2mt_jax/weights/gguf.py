@@ -36,13 +36,6 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's permutation (used by tests that write GGUF files)."""
-    rows = w.shape[0]
-    half = rows // n_head // 2
-    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def open_gguf(path: str | os.PathLike):
     """A `gguf.GGUFReader` over `path`; a damaged or truncated file is a `CheckpointError` naming it."""
     from gguf import GGUFReader

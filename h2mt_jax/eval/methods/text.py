@@ -10,7 +10,7 @@ import numpy as np
 
 from h2mt_jax.data import prompts
 from h2mt_jax.eval.methods.base import MethodBase
-from h2mt_jax.eval.methods.scoring import (STOPWORDS, chunk_ids, mean_hidden, question_loglik,
+from h2mt_jax.eval.methods.scoring import (STOPWORDS, chunk_ids, question_loglik,
                                            token_surprisal, words)
 
 
@@ -72,16 +72,23 @@ class BM25RAG(_ChunkRAG):
 
 
 class DenseRAG(_ChunkRAG):
-    """Cosine similarity of mean-pooled final-norm backbone hidden states (chunk vs question)."""
+    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (chunk text vs question): the
+    pretrained retriever a user would pick (`h2mt_jax.embedder`)."""
+
+    embedder = None  # shared by every instance: loaded once
+
+    def _embed(self, texts):
+        if DenseRAG.embedder is None:
+            from h2mt_jax.embedder import SentenceEmbedder
+
+            DenseRAG.embedder = SentenceEmbedder.load()
+        return DenseRAG.embedder.embed(texts)
 
     def _index(self, chunks, texts):
-        e = mean_hidden(self.lm, chunks)
-        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-6)
+        return self._embed(texts)
 
     def _scores(self, index, question):
-        ids = self.lm.tokenizer(question, add_special_tokens=False)["input_ids"]
-        q = mean_hidden(self.lm, [ids])[0]
-        return index @ (q / max(float(np.linalg.norm(q)), 1e-6))
+        return index @ self._embed([question])[0]
 
 
 class Compress(MethodBase):

@@ -1,0 +1,97 @@
+"""Routing scores beside the learned one (`h2mt.route_score`): lexical (BM25), dense (a pretrained
+sentence embedder) and their fusion with the learned memory score.
+
+- `bm25`: Okapi BM25 (`rank_bm25`) of the question against each leaf's text (its heading path
+  included), with the term statistics of the document's own leaves. An inner node scores the max
+  over its children (`bm25_inner="max"`) or BM25 of its whole subtree's text against the
+  corpus of all nodes' texts (`"subtree"`).
+- `dense`: cosine between the question's and each node's all-MiniLM-L6-v2 embedding; a leaf
+  embeds its text, an inner node is the normalised mean of its children's vectors
+  (`Index.node_vectors`, computed at build time).
+- `fused`: per question, each kind's scores are min-max normalised over the tree's nodes and
+  summed with weights `w_bm25`, `w_dense`, `w_memory` (the learned score as a residual), or
+  combined by reciprocal-rank fusion `Σ_kind w_kind / (60 + rank_kind)` (`fuse="rrf"`).
+Per-node arrays arrive padded like the tree, so the beam keeps its static shapes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+
+from h2mt_jax.hierarchy.route import MASKED
+
+RRF_K = 60.0
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (BM25's terms; the same as the `rag_bm25` baseline's)."""
+    return re.findall(r"\w+", text.lower())
+
+
+def leaf_texts(index) -> list[str]:
+    """Each leaf's text with its heading path before it (what the leaf pass reads)."""
+    out = []
+    for i, (s, e) in enumerate(index.spec.leaf_spans):
+        title = index.spec.titles[i]
+        out.append(f"{title}\n{index.text[s:e]}" if title else index.text[s:e])
+    return out
+
+
+def bm25_scores(index, question: str, inner: str = "max") -> np.ndarray:
+    """BM25 of `question` for every spec node `[n_nodes]` (see the module docstring)."""
+    from rank_bm25 import BM25Okapi
+
+    spec = index.spec
+    q = words(question)
+    texts = leaf_texts(index)
+    if inner == "subtree":
+        corpus = texts + [" ".join(texts[i] for i in spec.leaves_under(n))
+                          for n in range(spec.n_leaves, spec.n_nodes)]
+        return np.asarray(BM25Okapi([words(t) or ["_"] for t in corpus]).get_scores(q),
+                          np.float32)
+    if inner != "max":
+        raise ValueError(f"bm25_inner must be max or subtree, got {inner!r}")
+    out = np.zeros(spec.n_nodes, np.float32)
+    out[:spec.n_leaves] = BM25Okapi([words(t) or ["_"] for t in texts]).get_scores(q)
+    for n in range(spec.n_leaves, spec.n_nodes):  # children have smaller ids
+        out[n] = max(out[c] for c in spec.children[n])
+    return out
+
+
+def node_vectors(spec, leaf_vectors: np.ndarray) -> np.ndarray:
+    """Unit vectors of every spec node `[n_nodes, d]`: leaves as given, an inner node the
+    normalised mean of its children's."""
+    out = np.zeros((spec.n_nodes, leaf_vectors.shape[1]), np.float32)
+    out[:spec.n_leaves] = leaf_vectors
+    for n in range(spec.n_leaves, spec.n_nodes):
+        v = out[spec.children[n]].mean(0)
+        out[n] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return out
+
+
+def _minmax(x, mask):
+    lo = jnp.min(jnp.where(mask, x, jnp.inf))
+    hi = jnp.max(jnp.where(mask, x, -jnp.inf))
+    return jnp.where(mask, (x - lo) / jnp.maximum(hi - lo, 1e-9), 0.0)
+
+
+def _rrf(x, mask):
+    order = jnp.argsort(-jnp.where(mask, x, -jnp.inf))
+    rank = jnp.empty_like(order).at[order].set(jnp.arange(x.shape[0]))
+    return jnp.where(mask, 1.0 / (RRF_K + rank.astype(jnp.float32) + 1.0), 0.0)
+
+
+def fuse_scores(kinds: dict, weights: dict, mask, how: str = "weighted"):
+    """The fused node scores `[n]` from per-kind score arrays `{kind: [n]}` (padded; `mask`: the
+    real nodes) and their weights; nodes outside `mask` get `MASKED`. A kind with weight 0 does
+    not count, so one kind with all the weight ranks exactly as that kind alone."""
+    norm = _minmax if how == "weighted" else _rrf
+    total = jnp.zeros(mask.shape, jnp.float32)
+    for kind, x in kinds.items():
+        w = weights.get(kind, 0.0)
+        if w:
+            total = total + w * norm(x.astype(jnp.float32), mask)
+    return jnp.where(mask, total, MASKED)

