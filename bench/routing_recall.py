@@ -31,7 +31,9 @@ sys.path.insert(0, ROOT)
 SCORES = {"memory": {"route_score": "memory"}, "bm25": {"route_score": "bm25"},
           "dense": {"route_score": "dense"}, "fused": {"route_score": "fused"},
           "fused_rrf": {"route_score": "fused", "fuse": "rrf"},
-          "fused_memory": {"route_score": "fused", "w_memory": 0.5}}
+          "fused_memory": {"route_score": "fused", "w_memory": 0.5},
+          "bm25_2hop": {"route_score": "bm25", "hops": 2},
+          "fused_2hop": {"route_score": "fused", "hops": 2}}
 
 
 def bm25_rank(texts: list[str], question: str) -> list[int]:

@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.w_dense = 1.0
     c.h2mt.w_memory = 0.0
     c.h2mt.bm25_inner = "max"  # max | subtree: an inner node's BM25
+    c.h2mt.hops = 1  # 1 | 2: a second hop with the first hop's best leaf's text (bridges)
 
     c.hmt = ml_collections.ConfigDict()
     c.hmt.segment_length = 256

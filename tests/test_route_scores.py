@@ -111,3 +111,24 @@ def test_bad_score_settings():
         H2MTConfig(route_score="fused", w_bm25=0, w_dense=0, w_memory=0)
     with pytest.raises(ValueError, match="must be >= 0"):
         H2MTConfig(w_bm25=-1)
+
+
+def test_two_hops_find_the_bridge_leaf(lm):
+    # The second leaf names only the bridge entity (the Corvid team), as in a two-hop question.
+    teams = ["Delta", "Echo", "Falcon", "Gamma", "Hotel", "India"]
+    sections = ["## Pumps\n\nThe water pump is serviced by the Corvid team."]
+    cities = ["Oslo", "Rome", "Porto", "Turin", "Lyon", "Riga"]
+    sections += [f"## {t} team\n\nThe {t} team is based in {c}." for t, c in zip(teams, cities)]
+    sections += ["## Corvid team\n\nThe Corvid team is based in the old harbour city of Lisbon."]
+    text = "# Service teams\n\n" + "\n\n".join(sections)
+    q = "Where is the team that services the water pump based?"
+    one, two = _h2mt(lm, route_score="bm25"), _h2mt(lm, route_score="bm25", hops=2)
+    index = one.build(text, fmt="markdown")
+    bridge = next(i for i, t in enumerate(index.leaf_texts) if "Lisbon" in t)
+    pump = next(i for i, t in enumerate(index.leaf_texts) if "water pump" in t)
+    first = index.leaf_ids(np.asarray(one.route(index, q, k=2, route="flat")[0].leaves))
+    assert pump in first and bridge not in first  # one hop: ties with the other teams
+    r, timings = two.route(index, q, k=2, route="flat")
+    assert timings["hops"] == 2
+    assert index.leaf_ids(np.asarray(r.leaves)) == [pump, bridge]
+    assert two.answer(index, q, k=2, route="flat", max_new_tokens=2).leaves == [pump, bridge]

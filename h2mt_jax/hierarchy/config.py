@@ -34,7 +34,8 @@ class H2MTConfig:
     "bm25", "dense" (all-MiniLM-L6-v2 cosine) or "fused" (`fuse` = "weighted" min-max
     normalised sum, or "rrf" reciprocal-rank fusion, with weights `w_bm25`, `w_dense`,
     `w_memory`); bm25_inner: an inner node's BM25 is the "max" over its children or its
-    "subtree" text's (see `hierarchy.node_scores`)."""
+    "subtree" text's (see `hierarchy.node_scores`). hops: 2 routes a second time with the
+    question plus the first hop's best leaf's text (bridge questions; `H2MT.route`)."""
 
     build: BuildConfig = BuildConfig()
     mem_tokens: int = 1
@@ -53,6 +54,7 @@ class H2MTConfig:
     w_dense: float = 1.0
     w_memory: float = 0.0
     bm25_inner: str = "max"
+    hops: int = 1
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 
     def __post_init__(self):
@@ -68,6 +70,8 @@ class H2MTConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.mem_tokens < 1 or self.k < 1 or self.recall_dim < 1 or self.leaf_batch < 1:
             raise ValueError("mem_tokens, k, recall_dim and leaf_batch must be >= 1")
+        if self.hops not in (1, 2):
+            raise ValueError(f"hops must be 1 or 2, got {self.hops!r}")
         if min(self.w_bm25, self.w_dense, self.w_memory) < 0:
             raise ValueError("w_bm25, w_dense and w_memory must be >= 0")
         self.score_weights()  # a fused score needs a positive weight

@@ -225,14 +225,40 @@ class H2MT:
     # -- online --------------------------------------------------------------------------------
     def route(self, index: Index, question: str, k: int | None = None, route: str | None = None,
               gold_leaves: list[int] | None = None) -> tuple[Route | None, dict]:
-        """Routes a question: (the jitted `Route` or None for the oracle, timings)."""
+        """Routes a question: (the `Route` or None for the oracle, timings).
+
+        With `config.hops=2` a second hop routes the question followed by the text of the first
+        hop's best leaf (what a bridge question's second leaf names), and the answer reads the
+        first hop's `ceil(k/2)` best leaves, then the second hop's best other leaves up to `k`
+        (`timings["hops"]`; the second hop always fires: no gate yet)."""
         kind = route or self.config.route
         k = k or self.config.k
-        t0 = time.perf_counter()
         if kind == "oracle":
             if gold_leaves is None:
                 raise ValueError("route='oracle' needs gold_leaves")
             return None, {"query_s": 0.0, "route_s": 0.0}
+        r, timings = self._route_once(index, question, k, kind)
+        if self.config.hops == 1 or index.spec.n_leaves <= k:
+            return r, timings
+        first = index.leaf_ids(np.asarray(r.leaves))
+        expanded = question + "\n" + index.leaf_texts[first[0]]
+        r2, t2 = self._route_once(index, expanded, k, kind)
+        keep = first[:(k + 1) // 2]
+        leaves = keep + [i for i in index.leaf_ids(np.asarray(r2.leaves)) if i not in keep]
+        leaves = leaves[:k]
+        score = {int(i): float(x) for i, x in zip(r.leaves, r.leaf_scores)}
+        score.update({int(i): float(x) for i, x in zip(r2.leaves, r2.leaf_scores)
+                      if int(i) not in score})
+        padded = np.full(len(r.leaves), -1, np.int32)
+        padded[:len(leaves)] = leaves  # leaves keep their ids in the padded layout
+        merged = Route(leaves=padded, visited=np.asarray(r.visited),
+                       leaf_scores=np.asarray([score.get(int(i), -np.inf) for i in padded],
+                                              np.float32), scores=np.asarray(r.scores))
+        return merged, {"query_s": timings["query_s"] + t2["query_s"],
+                        "route_s": timings["route_s"] + t2["route_s"], "hops": 2}
+
+    def _route_once(self, index: Index, question: str, k: int, kind: str) -> tuple[Route, dict]:
+        t0 = time.perf_counter()
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError("the question is empty")
