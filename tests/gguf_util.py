@@ -26,8 +26,10 @@ _LAYER = {"input_layernorm.weight": "attn_norm.weight",
 
 
 def write_gguf(hf_dir, out_path, arch: str | None = None, quant=None, drop: str | None = None,
-               set: tuple[str, int] | None = None) -> None:  # noqa: A002
-    """`drop`: leave out one `{arch}.*` metadata field; `set`: (field, value) to write instead."""
+               set: tuple[str, int] | None = None,  # noqa: A002
+               extra_tensors: dict | None = None) -> None:
+    """`drop`: leave out one `{arch}.*` metadata field; `set`: (field, value) to write instead;
+    `extra_tensors`: more tensors by GGUF name (e.g. `rope_freqs.weight`)."""
     cfg = json.load(open(hf_dir / "config.json"))
     arch = arch or cfg["model_type"]
     tensors = load_file(str(hf_dir / "model.safetensors"))
@@ -66,6 +68,8 @@ def write_gguf(hf_dir, out_path, arch: str | None = None, quant=None, drop: str 
             w.add_tensor(g, gguf.quants.quantize(arr, quant), raw_dtype=quant)
         else:
             w.add_tensor(g, arr)
+    for name, arr in (extra_tensors or {}).items():
+        w.add_tensor(name, np.ascontiguousarray(arr, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
