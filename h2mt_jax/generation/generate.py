@@ -81,12 +81,22 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
         x = jnp.asarray(embeds)
         x = jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0)))
         logits, cache = prefill(graphdef, params, x, lens, cache_size)
+    return decode_timed(graphdef, params, cache, logits, start, eos_ids=eos_ids, pad_id=pad_id,
+                        max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                        prompt_tokens=lengths)
+
+
+def decode_timed(graphdef, params, cache, logits, prefill_start: float, *,
+                 eos_ids: tuple[int, ...], pad_id: int, max_new_tokens: int, sampling: Sampling,
+                 seed: int, prompt_tokens: list[int]) -> Generation:
+    """Decodes from a filled cache and the prefill's logits; `Generation` with the prefill time
+    (from `prefill_start` until the logits are ready) and the decode time."""
     logits.block_until_ready()
-    prefill_s = time.perf_counter() - start
+    prefill_s = time.perf_counter() - prefill_start
     start = time.perf_counter()
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
     out, counts, _ = decode(graphdef, params, cache, logits, jax.random.PRNGKey(seed), eos,
-                         jnp.int32(pad_id), sampling=sampling, max_new_tokens=max_new_tokens)
+                            jnp.int32(pad_id), sampling=sampling, max_new_tokens=max_new_tokens)
     out = jax.device_get(out)
     decode_s = time.perf_counter() - start
-    return Generation(_finish(out, counts, set(eos_ids)), prefill_s, decode_s, lengths)
+    return Generation(_finish(out, counts, set(eos_ids)), prefill_s, decode_s, prompt_tokens)

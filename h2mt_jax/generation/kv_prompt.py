@@ -21,8 +21,8 @@ from flax import nnx
 
 from h2mt_jax.backbone.attention import KVCache
 from h2mt_jax.backbone.rope import apply_rope, inverse_frequencies, rope_tables
-from h2mt_jax.generation.decode import decode, prefill_cache
-from h2mt_jax.generation.generate import Generation, _finish, pad_ids
+from h2mt_jax.generation.decode import prefill_cache
+from h2mt_jax.generation.generate import Generation, decode_timed, pad_ids
 from h2mt_jax.generation.sampling import Sampling
 from h2mt_jax.shapes import bucket
 from h2mt_jax.typing import Array, Float, Int
@@ -93,12 +93,6 @@ def generate_with_segment(graphdef, params, *, pre: list[int], seg_k: np.ndarray
         graphdef, params, jnp.asarray(pad_ids([pre], pad_id, tp)), jnp.int32(len(pre)),
         jnp.asarray(k), jnp.asarray(v), jnp.int32(n_seg), jnp.asarray(pad_ids([post], pad_id, tq)),
         jnp.int32(len(post)), cache_size)
-    logits.block_until_ready()
-    prefill_s = time.perf_counter() - start
-    start = time.perf_counter()
-    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
-    out, counts, _ = decode(graphdef, params, cache, logits, jax.random.PRNGKey(seed), eos,
-                            jnp.int32(pad_id), sampling=sampling, max_new_tokens=max_new_tokens)
-    out = jax.device_get(out)
-    decode_s = time.perf_counter() - start
-    return Generation(_finish(out, counts, set(eos_ids)), prefill_s, decode_s, [total])
+    return decode_timed(graphdef, params, cache, logits, start, eos_ids=eos_ids, pad_id=pad_id,
+                        max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                        prompt_tokens=[total])

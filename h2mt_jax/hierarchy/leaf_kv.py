@@ -21,7 +21,7 @@ import os
 import ml_dtypes
 import numpy as np
 
-from h2mt_jax.io import atomic_write
+from h2mt_jax.io import atomic_write, check_shapes
 
 KV_DTYPES = ("bfloat16", "int8", "float32")
 _FILES = ("k", "v", "k_scale", "v_scale", "write_k", "write_v")
@@ -166,11 +166,7 @@ class LeafKV:
                   "write_v": (n, layers, meta["write_tokens"], kh, dh)}
         if meta["dtype"] == "int8":
             expect.update(k_scale=(total, layers, kh), v_scale=(total, layers, kh))
-        for name, shape in expect.items():
-            if name not in arrays:
-                raise ValueError(f"{directory}: kv/{name}.npy is missing")
-            if tuple(arrays[name].shape) != shape:
-                raise ValueError(f"{directory}: kv/{name}.npy has shape "
-                                 f"{tuple(arrays[name].shape)}, expected {shape}")
+        check_shapes({f"{k}.npy": a for k, a in arrays.items()},
+                     {f"{k}.npy": s for k, s in expect.items()}, str(directory), "kv/")
         return cls(meta["dtype"], lengths, backbone=meta.get("backbone", ""),
                    **{k: arrays.get(k) for k in _FILES})
