@@ -74,6 +74,17 @@ def smollm2_tokenizer(smollm2_gguf):
     return load_tokenizer(resolve(smollm2_gguf))
 
 
+def tiny_lm_with(tokenizer, seed: int = 1, name: str = "tiny-random-smollm2", **overrides):
+    """A tiny random backbone (d=32, 2 layers) carrying a real tokenizer: the H²MT tests' model."""
+    import h2mt_jax
+
+    kw = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+              head_dim=16, max_position_embeddings=2048)
+    lm = h2mt_jax.random_lm(seed=seed, vocab_size=len(tokenizer), **{**kw, **overrides})
+    lm.tokenizer, lm.name = tokenizer, name
+    return lm
+
+
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf):
     import h2mt_jax

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import h2mt_jax
-from conftest import make_tiny, torch_model
+from conftest import make_tiny, tiny_lm_with, torch_model
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.generation.kv_prompt import prefill_with_segment
 from h2mt_jax.hierarchy.build import BuildConfig
@@ -88,10 +88,7 @@ def test_storage_dtypes_and_their_error(rng):
 
 @pytest.fixture(scope="module")
 def tiny_h2mt(smollm2_tokenizer):
-    lm = h2mt_jax.random_lm(seed=1, vocab_size=len(smollm2_tokenizer), hidden_size=32,
-                            intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                            head_dim=16, max_position_embeddings=2048)
-    lm.tokenizer, lm.name = smollm2_tokenizer, "tiny-kv-test"
+    lm = tiny_lm_with(smollm2_tokenizer, seed=1, name="tiny-kv-test")
     cfg = H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8), k=3,
                      kv_store="bfloat16")
     return H2MT.create(lm, cfg)

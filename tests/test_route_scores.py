@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import h2mt_jax
+from conftest import tiny_lm_with
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.embedder import wheel_model_dir
 from h2mt_jax.hierarchy.build import BuildConfig
@@ -19,11 +19,7 @@ needs_embedder = pytest.mark.skipif(wheel_model_dir() is None, reason=(
 
 @pytest.fixture(scope="module")
 def lm(smollm2_tokenizer):
-    lm = h2mt_jax.random_lm(seed=1, vocab_size=len(smollm2_tokenizer), hidden_size=32,
-                            intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                            head_dim=16, max_position_embeddings=2048)
-    lm.tokenizer = smollm2_tokenizer
-    return lm
+    return tiny_lm_with(smollm2_tokenizer, seed=1)
 
 
 def _h2mt(lm, **kw):

@@ -13,17 +13,14 @@ import numpy as np
 import pytest
 
 import h2mt_jax
-from conftest import make_tiny
+from conftest import make_tiny, tiny_lm_with
 from gguf_util import write_gguf
 from h2mt_jax.weights import CheckpointError
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(smollm2_tokenizer):
-    lm = h2mt_jax.random_lm(seed=3, vocab_size=len(smollm2_tokenizer), hidden_size=32,
-                            intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                            head_dim=16, max_position_embeddings=2048)
-    lm.tokenizer, lm.name = smollm2_tokenizer, "tiny-random-smollm2"
+    lm = tiny_lm_with(smollm2_tokenizer, seed=3, name="tiny-random-smollm2")
     return lm
 
 
