@@ -40,22 +40,31 @@ def leaf_texts(index) -> list[str]:
     return out
 
 
-def bm25_scores(index, question: str, inner: str = "max") -> np.ndarray:
-    """BM25 of `question` for every spec node `[n_nodes]` (see the module docstring)."""
+def _bm25(index, inner: str):
+    """The document's BM25 statistics (`rank_bm25.BM25Okapi`) over its leaves ("max") or all its
+    nodes' texts ("subtree"): built once per index and kept on it, not once per question."""
     from rank_bm25 import BM25Okapi
 
-    spec = index.spec
-    q = words(question)
-    texts = leaf_texts(index)
-    if inner == "subtree":
-        corpus = texts + [" ".join(texts[i] for i in spec.leaves_under(n))
-                          for n in range(spec.n_leaves, spec.n_nodes)]
-        return np.asarray(BM25Okapi([words(t) or ["_"] for t in corpus]).get_scores(q),
-                          np.float32)
-    if inner != "max":
+    if inner not in ("max", "subtree"):
         raise ValueError(f"bm25_inner must be max or subtree, got {inner!r}")
+    cache = index.__dict__.setdefault("_bm25", {})
+    if inner not in cache:
+        spec, texts = index.spec, leaf_texts(index)
+        if inner == "subtree":
+            texts = texts + [" ".join(texts[i] for i in spec.leaves_under(n))
+                             for n in range(spec.n_leaves, spec.n_nodes)]
+        cache[inner] = BM25Okapi([words(t) or ["_"] for t in texts])
+    return cache[inner]
+
+
+def bm25_scores(index, question: str, inner: str = "max") -> np.ndarray:
+    """BM25 of `question` for every spec node `[n_nodes]` (see the module docstring)."""
+    spec = index.spec
+    scores = np.asarray(_bm25(index, inner).get_scores(words(question)), np.float32)
+    if inner == "subtree":
+        return scores
     out = np.zeros(spec.n_nodes, np.float32)
-    out[:spec.n_leaves] = BM25Okapi([words(t) or ["_"] for t in texts]).get_scores(q)
+    out[:spec.n_leaves] = scores
     for n in range(spec.n_leaves, spec.n_nodes):  # children have smaller ids
         out[n] = max(out[c] for c in spec.children[n])
     return out
