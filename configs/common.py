@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.w_memory = 0.0
     c.h2mt.bm25_inner = "max"  # max | subtree: an inner node's BM25
     c.h2mt.hops = 1  # 1 | 2: a second hop with the first hop's best leaf's text (bridges)
+    c.h2mt.enc_lora_rank = 0  # LoRA rank of the memory encoder (leaf and parent passes); 0: none
 
     c.hmt = ml_collections.ConfigDict()
     c.hmt.segment_length = 256
@@ -88,7 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.trainable = "memory"  # memory | memory+lora | all
     c.train.lora_rank = 8
     c.train.lora_alpha = 16.0
-    c.train.encode = "cached"  # cached (node memories fixed per document) | full (gradients)
+    c.train.encode = "cached"  # cached (node memories fixed per document) | full (the answer's
+    # leaves re-encoded with gradients into the write tokens and encoder adapters)
+    c.train.read_modes = ""  # memory,memory_kv: how the answer reads memories in training
+    # (batches take turns); "": h2mt.answer_from when it is a memory mode, else memory
+    c.train.distill = "none"  # none | kl | tokens: distillation from the text-reading teacher
+    c.train.distill_weight = 1.0  # β
+    c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position
     c.train.bf16 = False  # run the backbone in bfloat16
     c.train.bptt_depth = 4  # hmt_lm: segments per training window
     c.train.remat = False  # hmt_lm: recompute each segment in the backward pass

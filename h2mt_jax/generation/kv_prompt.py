@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from h2mt_jax.backbone.attention import KVCache
+from h2mt_jax.backbone.attention import KVCache, write_cache
 from h2mt_jax.backbone.rope import apply_rope, inverse_frequencies, rope_tables
 from h2mt_jax.generation.decode import prefill_cache
 from h2mt_jax.generation.generate import Generation, decode_timed, pad_ids
@@ -34,6 +34,24 @@ def unrope(k: Float[Array, "b t h dh"], positions: Int[Array, "b t"], cfg) -> Fl
     return apply_rope(k, cos, -sin)
 
 
+def write_segment(cache: KVCache, seg_k: Float[Array, "layers b ts kh dh"],
+                  seg_v: Float[Array, "layers b ts kh dh"], start: Int[Array, "b"], cfg
+                  ) -> KVCache:
+    """`cache` with a segment of pre-RoPE keys and values written from slot `start[b]` of each
+    row, its keys rotated to those positions; `lengths` = `start + ts`. Differentiable (the
+    memory losses train through it)."""
+    ts = seg_k.shape[2]
+    positions = start[:, None] + jnp.arange(ts, dtype=jnp.int32)[None]
+    cos, sin = rope_tables(inverse_frequencies(cfg), positions)
+    keys, values = [], []
+    for layer in range(cfg.num_layers):
+        k = apply_rope(seg_k[layer].astype(jnp.float32), cos, sin)  # [b, ts, kh, dh]
+        kc, vc = write_cache(cache.keys[layer], cache.values[layer], k, seg_v[layer], start)
+        keys.append(kc)
+        values.append(vc)
+    return KVCache(keys=keys, values=values, lengths=(start + ts).astype(jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))
 def prefill_with_segment(graphdef, params, pre: Int[Array, "1 tp"], pre_len: Int[Array, ""],
                          seg_k: Float[Array, "layers ts kh dh"],
@@ -44,22 +62,10 @@ def prefill_with_segment(graphdef, params, pre: Int[Array, "1 tp"], pre_len: Int
     (`seg_len` real rows of `seg_k`/`seg_v`, padded). Returns the logits after the last post token
     and the KV cache (filled up to `pre_len + seg_len + post_len`)."""
     model = nnx.merge(graphdef, params)
-    cfg = model.cfg
     _, cache = prefill_cache(model, model.embed(pre), pre_len[None], cache_size)
-    ts = seg_k.shape[1]
-    positions = (pre_len + jnp.arange(ts, dtype=jnp.int32))[None]
-    cos, sin = rope_tables(inverse_frequencies(cfg), positions)
-    keys, values = [], []
-    zero = jnp.zeros((), jnp.int32)
-    for layer in range(cfg.num_layers):
-        k = apply_rope(seg_k[layer][None].astype(jnp.float32), cos, sin)  # [1, ts, kh, dh]
-        kt = k[0].transpose(1, 2, 0).astype(cache.keys[layer].dtype)  # [kh, dh, ts]
-        vt = seg_v[layer].transpose(1, 0, 2).astype(cache.values[layer].dtype)  # [kh, ts, dh]
-        keys.append(jax.lax.dynamic_update_slice(cache.keys[layer], kt, (zero, zero, pre_len)))
-        values.append(jax.lax.dynamic_update_slice(cache.values[layer], vt,
-                                                   (zero, pre_len, zero)))
-    start = pre_len + seg_len
-    cache = KVCache(keys=keys, values=values, lengths=start[None])
+    cache = write_segment(cache, seg_k[:, None], seg_v[:, None], pre_len[None], model.cfg)
+    start = pre_len + seg_len  # padding rows of the segment are overwritten by `post`
+    cache = KVCache(keys=cache.keys, values=cache.values, lengths=start[None])
     hidden, kvs = model(model.embed(post), cache=cache)
     last = jnp.take(hidden[0], jnp.maximum(post_len - 1, 0), axis=0)
     cache = KVCache(keys=[k for k, _ in kvs], values=[v for _, v in kvs],

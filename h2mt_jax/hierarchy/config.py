@@ -35,7 +35,10 @@ class H2MTConfig:
     normalised sum, or "rrf" reciprocal-rank fusion, with weights `w_bm25`, `w_dense`,
     `w_memory`); bm25_inner: an inner node's BM25 is the "max" over its children or its
     "subtree" text's (see `hierarchy.node_scores`). hops: 2 routes a second time with the
-    question plus the first hop's best leaf's text (bridge questions; `H2MT.route`)."""
+    question plus the first hop's best leaf's text (bridge questions; `H2MT.route`).
+    enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
+    backbone for the leaf and parent passes only; 0: the memory passes run the frozen backbone);
+    the answer pass's (decoder) adapters are `H2MT.lora`."""
 
     build: BuildConfig = BuildConfig()
     mem_tokens: int = 1
@@ -55,6 +58,7 @@ class H2MTConfig:
     w_memory: float = 0.0
     bm25_inner: str = "max"
     hops: int = 1
+    enc_lora_rank: int = 0
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 
     def __post_init__(self):
@@ -68,6 +72,12 @@ class H2MTConfig:
                                      ("bm25_inner", self.bm25_inner, BM25_INNER)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.enc_lora_rank < 0:
+            raise ValueError(f"enc_lora_rank must be >= 0, got {self.enc_lora_rank}")
+        if self.mem_tokens > self.build.leaf_tokens:
+            raise ValueError(f"mem_tokens={self.mem_tokens} exceeds the leaf length "
+                             f"{self.build.leaf_tokens}: memories would be longer than the text they "
+                             "compress")
         if self.mem_tokens < 1 or self.k < 1 or self.recall_dim < 1 or self.leaf_batch < 1:
             raise ValueError("mem_tokens, k, recall_dim and leaf_batch must be >= 1")
         if self.hops not in (1, 2):

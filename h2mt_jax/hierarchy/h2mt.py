@@ -94,8 +94,9 @@ class H2MT:
 
     @property
     def answer_lm(self) -> LM:
-        """The backbone that encodes questions and answers: with the LoRA adapters merged when
-        there are any (leaves and parents are always encoded by the base backbone)."""
+        """The backbone that encodes questions and answers: with the decoder LoRA adapters merged
+        when there are any (leaves and parents are encoded with the encoder adapters instead,
+        `memory.encoder_params`)."""
         if self._answer_lm is None:
             self._answer_lm = self.lm.with_lora(self.lora, self.lora_scale)
         return self._answer_lm
@@ -107,7 +108,7 @@ class H2MT:
         emb = lm.params["embedding"].value
         std = float(jnp.std(emb))
         h = cls(lm, config, init_params(lm.config.hidden_size, std, config,
-                                        jax.random.PRNGKey(seed)))
+                                        jax.random.PRNGKey(seed), lm.params))
         probe = lm.tokenizer("The pump runs at a steady speed.", add_special_tokens=False)[
             "input_ids"] if lm.tokenizer is not None else [1, 2, 3]
         mem = h._leaf_memories([probe])
@@ -176,8 +177,11 @@ class H2MT:
         for i, ids in enumerate(leaf_tokens):
             tokens[i, :len(ids)] = ids
             lengths[i] = len(ids)
+        kv_params = None
+        if with_kv and (self.lora or "enc_lora" in self.params):
+            kv_params = self.answer_lm.params  # leaf_kv reads what the answer pass computes
         return leaf_memories(self.lm.graphdef, self.lm.params, self.params, self.config, tokens,
-                             lengths, progress, with_kv=with_kv)
+                             lengths, progress, with_kv=with_kv, kv_params=kv_params)
 
     def append(self, index: Index, text: str, fmt: str = "plain") -> Index:
         """Extends the index with more text: only the new leaves and their ancestors (the right
@@ -332,8 +336,9 @@ class H2MT:
         the tree_text baseline). Every mode uses the same route and the same prompt template;
         for the memory and KV modes the prefill covers only the template and the question.
         The KV modes need an index built with `kv_store` (`index.modes`); they read leaves only
-        (no ancestors) and are computed by the base backbone (LoRA adapters of the answer pass
-        do not apply to them)."""
+        (no ancestors). Memories and the write tokens' keys/values are the encoder's (backbone
+        plus `enc_lora`); a leaf's own keys/values are the answer backbone's (plus the decoder
+        adapters), as in a text prompt."""
         mode = answer_from or self.config.answer_from
         if mode not in ANSWER_MODES:
             raise ValueError(f"answer_from must be one of {ANSWER_MODES}, got {mode!r}")

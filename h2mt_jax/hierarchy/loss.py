@@ -1,20 +1,32 @@
 """The H²MT question-answering loss (docs/algorithms.md, training): pure functions of padded
 example arrays, for `jax.jit` / `jax.grad` / `jax.vmap`.
 
-Loss = answer cross-entropy through the selected memories + `λ` × routing cross-entropy.
+Loss = answer cross-entropy through the selected memories + `λ` × routing cross-entropy
+(+ `β` × distillation).
 - Routing: at every depth, a softmax over that depth's nodes against the uniform distribution
   over its gold nodes (gold leaves and their ancestors): the beam compares nodes depth by depth.
-- Answer: the `k` best leaves by routing score, gold leaves forced in (teacher forcing), fill
-  the `k·m` memory slots of `prefix ‖ memories ‖ suffix ‖ answer`, in document order as at
-  inference; the loss covers the answer tokens and the end-of-sequence token.
-- `encode="cached"` trains on node memories computed once per document (no gradient into the
-  leaf and aggregation passes; fast, the default on CPU); `encode="full"` recomputes leaves and
-  the level sweep inside the loss (the leaf pass under `jax.checkpoint`), so gradients
-  reach the write tokens and the aggregator too.
+- Answer: the `k` best leaves by routing score, gold leaves forced in (teacher forcing), are
+  read in document order as at inference, as "memory" (`k·m` vectors in the slots of
+  `prefix ‖ memories ‖ suffix ‖ answer`) or "memory_kv" (their write tokens' keys and values
+  after the prefix; `memory_loss.read_hidden`); a batch's `mode` picks the reading. The loss
+  covers the answer tokens and the end-of-sequence token.
+- Distillation (`distill`): the teacher is the same backbone (with the decoder adapters it
+  started from) answering from the gold leaves' raw text; its top-`K` log-probabilities at the
+  gold answer's positions (`t_ids`, `t_logp`, computed when the examples are built) give
+  "kl": `β`·KL(teacher ‖ student) on the same pass as the gold answer; "tokens": the CE of
+  the teacher's greedy answer (`t_seq`, `t_labels`), a second reader pass.
+- `encode="cached"`: routing and the answer read node memories computed once per document with
+  the starting parameters (no gradient into the encoder). `encode="full"`: the answer's `k`
+  leaves are encoded again inside the loss (write tokens, encoder adapters: gradients reach the
+  encoder for the leaves the answer reads, and only those), while routing keeps the cached
+  memories, which are not refreshed during a run (a new run rebuilds them from its starting
+  parameters); the aggregator gets no gradient from the answer.
 
 An example is a dict: `tree` (the fields of a padded `Tree`), `memories [N, m, d]`, `gold [N]`
 (gold leaves and their ancestors, padded ids), `q_ids [Tq]`, `q_len []`, `seq_ids [T]`,
-`mem_start []`, `labels [T]` (-1: no loss). `h2mt_jax.train.h2mt_qa` builds them.
+`pre_ids [P]` (the first tokens of `seq_ids`), `mem_start []`, `labels [T]` (-1: no loss), `mode []` (0 memory, 1 memory_kv; one value per
+batch), and with distillation `t_ids [T, K]`, `t_logp [T, K]` (per position of `seq_ids`) or
+`t_seq_ids [T]`, `t_labels [T]`. `h2mt_jax.train.h2mt_qa` builds them.
 """
 
 from __future__ import annotations
@@ -25,7 +37,10 @@ from flax import nnx
 
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.hierarchy.config import H2MTConfig
-from h2mt_jax.hierarchy.memory import encode_with_write_tokens, read_memories, sweep_memories
+from h2mt_jax.hierarchy.memory import encoder_params, read_memories
+from h2mt_jax.generation.decode import prefill_cache
+from h2mt_jax.generation.kv_prompt import write_segment
+from h2mt_jax.hierarchy.memory_loss import encode_write
 from h2mt_jax.hierarchy.route import MASKED, query_embedding, score_nodes
 from h2mt_jax.hierarchy.tree import Tree
 from h2mt_jax.hmt.loss import token_nll
@@ -47,27 +62,47 @@ def route_loss(scores, tree: Tree, gold) -> jnp.ndarray:
     return total / jnp.maximum(count, 1.0)
 
 
-def node_memories(model, params, tree: Tree, cfg: H2MTConfig):
-    """Every node's memory with gradients (encode="full"): leaves, then the level sweep."""
-    enc = jax.checkpoint(lambda t, n: encode_with_write_tokens(model, model.embed(t), n,
-                                                               params["leaf_write"]))
-    leaf = enc(tree.leaf_tokens, tree.leaf_lengths)
-    mem = jnp.zeros((tree.num_nodes,) + leaf.shape[1:], leaf.dtype)
-    mem = mem.at[:tree.num_leaf_slots].set(leaf)
-    return sweep_memories(model, params, cfg.aggregator, tree, mem)
+def _answer_hidden(reader, params, mode: str, seq_ids, pre_ids, mem_start, n_mem: int, mem,
+                   keys, values):
+    """Reader hidden states over `seq_ids` (`[T]`, memory slots at `mem_start`; `pre_ids`: its
+    first tokens, `[P]` with `P >= mem_start`) with the chosen leaves' memories read as `mode`;
+    `[T, d]`, aligned with `seq_ids`."""
+    if mode == "memory":
+        emb = reader.embed(seq_ids[None])[0]
+        chosen = read_memories(params, mem.reshape(-1, mem.shape[-1]))  # [k*m, d]
+        emb = jax.lax.dynamic_update_slice(emb, chosen.astype(emb.dtype), (mem_start, 0))
+        return reader(emb[None])[0][0]
+    # memory_kv: prefix, then the k*m write tokens' keys/values, then the rest of the sequence
+    t = seq_ids.shape[0]
+    rest = jax.lax.dynamic_slice(jnp.pad(seq_ids, (0, t)), (mem_start + n_mem,), (t,))
+    post = reader.embed(rest[None])
+    # [layers, k, m, kh, dh] -> one segment [layers, 1, k*m, kh, dh], leaves in order
+    k = keys.reshape(keys.shape[0], 1, -1, *keys.shape[-2:])
+    v = values.reshape(values.shape[0], 1, -1, *values.shape[-2:])
+    h = _prefix_read(reader, pre_ids, mem_start, k, v, post)  # [t, d] for `rest`
+    # back to `seq_ids` positions: rest[j] sits at mem_start + n_mem + j
+    idx = jnp.arange(t) - mem_start - n_mem
+    return jnp.where((idx >= 0)[:, None], h[jnp.clip(idx, 0, t - 1)], 0.0)
+
+
+def _prefix_read(reader, pre_ids, mem_start, keys, values, post):
+    """`post`'s hidden states after `pre_ids[:mem_start]` and a KV segment."""
+    p, n, t = pre_ids.shape[0], keys.shape[2], post.shape[1]
+    start = jnp.reshape(mem_start, (1,)).astype(jnp.int32)
+    _, cache = prefill_cache(reader, reader.embed(pre_ids[None]), start, p + n + t)
+    cache = write_segment(cache, keys, values, start, reader.cfg)
+    return reader(post, cache=cache)[0][0]
 
 
 def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H2MTConfig,
-                 route_weight: float, lora_scale: float, encode: str):
-    """(loss, metrics) for one padded example."""
+                 route_weight: float, lora_scale: float, encode: str, mode: str = "memory",
+                 distill: str = "none", distill_weight: float = 1.0):
+    """(loss, metrics) for one padded example, its memories read as `mode`."""
     params = trainable["h2mt"]
     tree = Tree(**ex["tree"])
     base = trainable.get("backbone", backbone_params)
     answer_model = nnx.merge(graphdef, merge_lora(base, trainable.get("lora"), lora_scale))
-    if encode == "full":
-        mem = node_memories(nnx.merge(graphdef, base), params, tree, cfg)
-    else:
-        mem = jax.lax.stop_gradient(ex["memories"])
+    mem = jax.lax.stop_gradient(ex["memories"])
     s = query_embedding(answer_model, params, ex["q_ids"][None], ex["q_len"][None])[0]
     scores = score_nodes(params, s, mem, tree.node_mask)
     route = route_loss(scores, tree, ex["gold"])
@@ -77,21 +112,55 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
     leaf_scores = jnp.where(leaf_ok, scores[:leaf_slots], -jnp.inf)
     _, sel = jax.lax.top_k(leaf_scores + GOLD_BONUS * gold_leaf, cfg.k)
     sel = jnp.sort(sel)  # document order, as at inference
-    chosen = read_memories(params, mem[sel].reshape(-1, mem.shape[-1]))  # [k*m, d]
-    emb = answer_model.embed(ex["seq_ids"][None])[0]
-    emb = jax.lax.dynamic_update_slice(emb, chosen.astype(emb.dtype), (ex["mem_start"], 0))
-    hidden = answer_model(emb[None])[0][0]
-    nll, count = token_nll(answer_model.logits(hidden), ex["labels"])
-    answer = nll / jnp.maximum(count, 1)
+    keys = values = None
+    if encode == "full" or mode == "memory_kv":
+        encoder = nnx.merge(graphdef, encoder_params(base, params))
+        chosen, keys, values = jax.checkpoint(lambda t, n: encode_write(encoder, params, t, n))(
+            tree.leaf_tokens[sel], tree.leaf_lengths[sel])
+        if encode != "full":
+            chosen, keys, values = jax.lax.stop_gradient((chosen, keys, values))
+    else:
+        chosen = mem[sel]
+    n_mem = cfg.k * cfg.mem_tokens
+
+    def nll(seq, labels):
+        hidden = _answer_hidden(answer_model, params, mode, seq, ex["pre_ids"], ex["mem_start"],
+                                n_mem, chosen, keys, values)
+        logits = answer_model.logits(hidden)
+        total, count = token_nll(logits, labels)
+        return total / jnp.maximum(count, 1), logits
+
+    answer, logits = nll(ex["seq_ids"], ex["labels"])
+    loss = answer + route_weight * route
+    metrics = {"answer_loss": answer, "route_loss": route}
+    if distill == "kl":
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        student = jnp.take_along_axis(logp, ex["t_ids"], axis=-1)  # [T, K]
+        valid = ex["labels"] >= 0
+        p_t = jnp.exp(ex["t_logp"])
+        kl = jnp.sum(p_t * (ex["t_logp"] - student), axis=-1)
+        kl = jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(valid.sum(), 1)
+        loss, metrics["distill_loss"] = loss + distill_weight * kl, kl
+    elif distill == "tokens":
+        teacher, _ = nll(ex["t_seq_ids"], ex["t_labels"])
+        loss, metrics["distill_loss"] = loss + distill_weight * teacher, teacher
     top2 = jax.lax.top_k(leaf_scores, 2)[1]
     hits = jnp.sum(gold_leaf[top2].astype(jnp.float32))
     gold_n = jnp.maximum(jnp.sum(gold_leaf), 1)
-    return answer + route_weight * route, {"answer_loss": answer, "route_loss": route,
-                                           "recall_at_2": hits / gold_n}
+    metrics["recall_at_2"] = hits / gold_n
+    return loss, metrics
 
 
-def batch_loss(trainable, backbone_params, graphdef, batch, **kw):
-    """Mean loss over a batch (`vmap` of `example_loss`) and mean metrics."""
-    losses, metrics = jax.vmap(lambda ex: example_loss(trainable, backbone_params, graphdef, ex,
-                                                       **kw))(batch)
-    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+def batch_loss(trainable, backbone_params, graphdef, batch, modes=("memory",), **kw):
+    """Mean loss over a batch (`vmap` of `example_loss`) and mean metrics. With several read
+    `modes`, the batch's `mode[0]` (an index into them) picks one (`jax.lax.switch`)."""
+    def run(mode):
+        def go():
+            losses, metrics = jax.vmap(lambda ex: example_loss(
+                trainable, backbone_params, graphdef, ex, mode=mode, **kw))(batch)
+            return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+        return go
+
+    if len(modes) == 1:
+        return run(modes[0])()
+    return jax.lax.switch(jnp.clip(batch["mode"][0], 0, len(modes) - 1), [run(m) for m in modes])

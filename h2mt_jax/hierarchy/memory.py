@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from h2mt_jax.backbone.lora import init_lora, merge_lora
 from h2mt_jax.generation.kv_prompt import unrope
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.tree import Tree
@@ -27,12 +28,15 @@ from h2mt_jax.shapes import bucket
 from h2mt_jax.typing import Array, Bool, Float, Int
 
 H2MTParams = dict
+ENC_LORA_SCALE = 2.0  # alpha / rank of the encoder adapters (alpha = 2 rank)
 
 
-def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Array) -> H2MTParams:
+def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Array,
+                backbone_params=None) -> H2MTParams:
     """Write tokens, pooling queries and the summary prompt ~ N(0,1)·std(E); the routing
     projections W_q = W_k start equal, so untrained routing ranks nodes by the similarity of
-    their memory to the question summary."""
+    their memory to the question summary. With `cfg.enc_lora_rank`, also `enc_lora`: LoRA
+    adapters (of `backbone_params`' kernels, zero at start) that every memory pass merges."""
     ks = jax.random.split(key, 6)
     m, d = cfg.mem_tokens, hidden_size
     normal = lambda k, shape: jax.random.normal(k, shape) * embedding_std  # noqa: E731
@@ -45,7 +49,18 @@ def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Ar
               "read": jnp.eye(d, dtype=jnp.float32)}
     if cfg.leaf_mode == "hmt":
         params["hmt"] = init_hmt_params(d, embedding_std, cfg.hmt, ks[5])
+    if cfg.enc_lora_rank:
+        if backbone_params is None:
+            raise ValueError("enc_lora_rank > 0 needs the backbone's params to shape the adapters")
+        params["enc_lora"] = init_lora(backbone_params, cfg.enc_lora_rank,
+                                       jax.random.fold_in(key, 7))
     return params
+
+
+def encoder_params(bparams, params: H2MTParams):
+    """The backbone weights of the memory passes (leaves, parents): `bparams` with the encoder
+    adapters `params["enc_lora"]` merged when there are any. The answer pass never uses them."""
+    return merge_lora(bparams, params.get("enc_lora"), ENC_LORA_SCALE)
 
 
 def read_memories(params: H2MTParams, mem: Float[Array, "... d"]) -> Float[Array, "... d"]:
@@ -57,7 +72,7 @@ def _hidden(model, embeds):
     return model(embeds)[0]
 
 
-def _with_write_tokens(x: Float[Array, "b t d"], n: Int[Array, "b"], write: Float[Array, "m d"]):
+def with_write_tokens(x: Float[Array, "b t d"], n: Int[Array, "b"], write: Float[Array, "m d"]):
     """`x` rows with `m` write tokens placed at `n[b] .. n[b]+m-1`, zeros after them."""
     b, t, d = x.shape
     m = write.shape[0]
@@ -76,13 +91,13 @@ def _read_write_tokens(h: Float[Array, "b t d"], n: Int[Array, "b"], m: int):
 
 def encode_with_write_tokens(model, x, n, write):
     """Backbone over `x` with write tokens after `n[b]` real positions -> `[b, m, d]`."""
-    h = _hidden(model, _with_write_tokens(x, n, write))
+    h = _hidden(model, with_write_tokens(x, n, write))
     return _read_write_tokens(h, n, write.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_leaves(graphdef, bparams, params, tokens, lengths):
-    model = nnx.merge(graphdef, bparams)
+    model = nnx.merge(graphdef, encoder_params(bparams, params))
     return encode_with_write_tokens(model, model.embed(tokens), lengths, params["leaf_write"])
 
 
@@ -90,8 +105,8 @@ def _encode_leaves(graphdef, bparams, params, tokens, lengths):
 def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths):
     """`_encode_leaves` plus every layer's keys (before RoPE) and values of the same pass:
     `[layers, b, t + m, kv_heads, head_dim]` each, float32."""
-    model = nnx.merge(graphdef, bparams)
-    x = _with_write_tokens(model.embed(tokens), lengths, params["leaf_write"])
+    model = nnx.merge(graphdef, encoder_params(bparams, params))
+    x = with_write_tokens(model.embed(tokens), lengths, params["leaf_write"])
     h, kvs = model(x)
     mem = _read_write_tokens(h, lengths, params["leaf_write"].shape[0])
     positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
@@ -123,9 +138,13 @@ class LeafPassKV:
 
 def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
                   tokens: np.ndarray, lengths: np.ndarray, progress: bool = False,
-                  with_kv: bool = False):
+                  with_kv: bool = False, kv_params=None):
     """Memories of the given leaves `[n, T]` -> `[n, m, d]` (host array); with `with_kv`, also
-    the pass's keys and values (`LeafPassKV`), from the same pass (no second one).
+    the pass's keys and values (`LeafPassKV`), from the same pass. With `kv_params` (the
+    answer pass's backbone weights, when they differ from the encoder's), the leaves' own
+    tokens' keys and values come from a second pass with those weights, so that `leaf_kv`
+    answers read exactly what the answer pass computes from the text; the write tokens' keys
+    and values stay the encoder's.
 
     `independent`: batches of `cfg.leaf_batch` leaves per call (bounded memory for any count);
     `hmt`: all leaves in document order through one HMT scan (no KV: the cell's passes see
@@ -165,9 +184,15 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
             res, keys, values = _encode_leaves_kv(graphdef, bparams, params, jnp.asarray(t),
                                                   jnp.asarray(ln))
             keys, values = np.asarray(keys), np.asarray(values)
+            lk, lv = keys, values
+            if kv_params is not None:
+                _, lk, lv = _encode_leaves_kv(graphdef, kv_params,
+                                              {"leaf_write": params["leaf_write"]},
+                                              jnp.asarray(t), jnp.asarray(ln))
+                lk, lv = np.asarray(lk), np.asarray(lv)
             for r, j in enumerate(sel):
                 a = int(lengths[j])
-                kv.leaf_k[j], kv.leaf_v[j] = keys[:, r, :a], values[:, r, :a]
+                kv.leaf_k[j], kv.leaf_v[j] = lk[:, r, :a], lv[:, r, :a]
                 kv.write_k[j], kv.write_v[j] = keys[:, r, a:a + m], values[:, r, a:a + m]
         else:
             res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
@@ -241,5 +266,6 @@ def sweep_memories(model, params: H2MTParams, kind: str, tree: Tree,
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
 def sweep(graphdef, bparams, params, tree: Tree, mem, level_nodes, kind: str):
-    """Jitted `sweep_memories`."""
-    return sweep_memories(nnx.merge(graphdef, bparams), params, kind, tree, mem, level_nodes)
+    """Jitted `sweep_memories` (the backbone with the encoder adapters, `encoder_params`)."""
+    return sweep_memories(nnx.merge(graphdef, encoder_params(bparams, params)), params, kind,
+                          tree, mem, level_nodes)

@@ -28,7 +28,9 @@ from h2mt_jax.eval.methods import make_method
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.index import Index
+from h2mt_jax.errors import ConfigError
 from h2mt_jax.hierarchy.loss import batch_loss
+from h2mt_jax.hierarchy.memory_loss import READ_MODES
 from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.io import FormatError, read_meta, write_meta
 from h2mt_jax.lm import backbone_from_config
@@ -54,6 +56,43 @@ class Example:
     seq_ids: list[int]
     labels: np.ndarray
     mem_start: int
+    teacher: dict | None = None  # distillation targets (`teacher_targets`), by seq position
+
+
+DISTILL = ("none", "kl", "tokens")
+
+
+def teacher_targets(lm, prompt: list[int], answer: list[int], start: int, seq_len: int,
+                    kind: str, topk: int = 32, max_new_tokens: int = 32, template_ids=None
+                    ) -> dict:
+    """Distillation targets from the teacher's text pass: `lm` reads `prompt` (the template with
+    the gold leaves' raw text), then
+
+    - kind "kl": the gold `answer` ids (end token included) teacher-forced; its top-`topk`
+      token ids and log-probabilities at each answer position, placed at the student's label
+      positions `start - 1 ..` of a `seq_len` sequence (`t_ids`, `t_logp`, `[seq_len, topk]`);
+    - kind "tokens": the teacher's greedy answer (`t_answer`: ids, end token included).
+    """
+    if kind == "kl":
+        ids = np.asarray([prompt + answer], np.int32)
+        width = bucket(ids.shape[1])
+        padded = np.zeros((1, width), np.int32)
+        padded[0, :ids.shape[1]] = ids[0]
+        logits = np.asarray(lm.logits(padded))[0]
+        pos = np.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
+        lp = jax.nn.log_softmax(jnp.asarray(logits[pos]), axis=-1)
+        top_lp, top_ids = jax.lax.top_k(lp, topk)
+        t_ids = np.zeros((seq_len, topk), np.int32)
+        t_logp = np.full((seq_len, topk), -1e9, np.float32)
+        rows = np.arange(start - 1, start - 1 + len(answer))
+        t_ids[rows], t_logp[rows] = np.asarray(top_ids), np.asarray(top_lp)
+        return {"t_ids": t_ids, "t_logp": t_logp}
+    if kind == "tokens":
+        eos = lm.eos_ids[0] if lm.eos_ids else 0
+        gen = lm.generate_ids([prompt], max_new_tokens=max_new_tokens)
+        out = [int(t) for t in gen.tokens[0] if int(t) not in lm.eos_ids and int(t) != lm.pad_id]
+        return {"t_answer": out + [eos]}
+    raise ValueError(f"distill must be one of {DISTILL}, got {kind!r}")
 
 
 def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
@@ -66,6 +105,7 @@ def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
     width = max(int(t.level_nodes.shape[1]) for t in trees)
     q_len = bucket(max(len(e.q_ids) for e in examples))
     seq_len = bucket(max(len(e.seq_ids) for e in examples))
+    pre_len = bucket(max(e.mem_start for e in examples))
     out = []
     for e in examples:
         spec = e.index.spec
@@ -82,9 +122,22 @@ def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
         seq[:len(e.seq_ids)] = e.seq_ids
         labels = np.full(seq_len, -1, np.int32)
         labels[:len(e.labels)] = e.labels
-        out.append({"tree": tree_arrays(tree), "memories": mem, "gold": gold, "q_ids": q,
-                    "q_len": np.int32(len(e.q_ids)), "seq_ids": seq,
-                    "mem_start": np.int32(e.mem_start), "labels": labels})
+        row = {"tree": tree_arrays(tree), "memories": mem, "gold": gold, "q_ids": q,
+               "q_len": np.int32(len(e.q_ids)), "seq_ids": seq,
+               "pre_ids": seq[:pre_len].copy(), "mem_start": np.int32(e.mem_start),
+               "labels": labels, "mode": np.int32(0)}
+        t = e.teacher or {}
+        if "t_ids" in t:
+            row["t_ids"] = np.zeros((seq_len, t["t_ids"].shape[1]), np.int32)
+            row["t_logp"] = np.full((seq_len, t["t_ids"].shape[1]), -1e9, np.float32)
+            n = min(seq_len, len(t["t_ids"]))
+            row["t_ids"][:n], row["t_logp"][:n] = t["t_ids"][:n], t["t_logp"][:n]
+        if "t_seq" in t:
+            row["t_seq_ids"] = np.zeros(seq_len, np.int32)
+            row["t_labels"] = np.full(seq_len, -1, np.int32)
+            row["t_seq_ids"][:len(t["t_seq"])] = t["t_seq"]
+            row["t_labels"][:len(t["t_labels"])] = t["t_labels"]
+        out.append(row)
     return out
 
 
@@ -106,6 +159,17 @@ class H2MTQATask:
         self.settings = EvalSettings.from_config(config)
         self.index_dir = os.path.join(workdir, "indexes") if workdir else None
         self.skipped = 0
+        t = config.train
+        self.distill = t.get("distill", "none")
+        if self.distill not in DISTILL:
+            raise ConfigError(f"train.distill must be one of {', '.join(DISTILL)}, got "
+                              f"{self.distill!r}")
+        default = self.cfg.answer_from if self.cfg.answer_from in READ_MODES else "memory"
+        self.modes = tuple(m.strip() for m in str(t.get("read_modes", "") or default).split(",")
+                           if m.strip())
+        if not self.modes or any(m not in READ_MODES for m in self.modes):
+            raise ConfigError(f"train.read_modes must name some of {', '.join(READ_MODES)}, got "
+                              f"{t.get('read_modes')!r}")
 
     # -- data ------------------------------------------------------------------------------------
     def _index_cache(self) -> str | None:
@@ -167,18 +231,43 @@ class H2MTQATask:
             labels = np.full(len(seq), -1, np.int32)
             start = len(pre) + k * m + len(post)
             labels[start - 1:len(seq) - 1] = seq[start:]
+            teacher = self._teacher(it, index, gold, ans, start, len(seq))
+            if teacher is not None and "t_answer" in teacher:
+                t_seq = pre + [0] * (k * m) + post + teacher.pop("t_answer")
+                t_labels = np.full(len(t_seq), -1, np.int32)
+                t_labels[start - 1:len(t_seq) - 1] = t_seq[start:]
+                teacher.update(t_seq=t_seq, t_labels=t_labels)
             out.append(Example(it, index, nodes, tok(it.question, add_special_tokens=False)[
-                "input_ids"], seq, labels, len(pre)))
+                "input_ids"], seq, labels, len(pre), teacher))
         if not out:
             raise ValueError(f"none of the {len(items)} training items has gold evidence and at "
                              f"least k={k} leaves")
         return out
 
+    def _teacher(self, it: QAItem, index: Index, gold: list[int], answer: list[int],
+                 start: int, seq_len: int) -> dict | None:
+        """Distillation targets of one example: the starting answer backbone (decoder adapters
+        included) reading the gold leaves' raw text (`teacher_targets`)."""
+        if self.distill == "none":
+            return None
+        ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(gold))
+        prompt = prompts.prompt_ids(self.lm.tokenizer, self.settings.template(it.dataset), ctx,
+                                    it.question)
+        t = self.config.train
+        return teacher_targets(self.h2mt.answer_lm, prompt, answer, start, seq_len,
+                               self.distill, int(t.get("distill_topk", 32)),
+                               max_new_tokens=max(len(answer) + 8, 16))
+
     def dataset(self) -> grain.MapDataset:
         t = self.config.train
         examples = pad_examples(self.examples(self.train_items), self.cfg)
+        n_modes = len(self.modes)
+
+        def with_mode(i, batch):  # batches take turns over the read modes
+            return dict(batch, mode=np.full_like(batch["mode"], i % n_modes))
+
         return (grain.MapDataset.source(examples).shuffle(seed=self.config.seed).repeat(None)
-                .batch(t.batch_size, drop_remainder=True))
+                .batch(t.batch_size, drop_remainder=True).map_with_index(with_mode))
 
     # -- model ------------------------------------------------------------------------------------
     def init(self, key) -> dict:
@@ -192,9 +281,10 @@ class H2MTQATask:
 
     def loss(self, trainable, frozen, batch):
         t = self.config.train
-        return batch_loss(trainable, frozen, self.lm.graphdef, batch, cfg=self.cfg,
-                          route_weight=t.route_weight, lora_scale=lora_scale(t),
-                          encode=t.encode)
+        return batch_loss(trainable, frozen, self.lm.graphdef, batch, modes=self.modes,
+                          cfg=self.cfg, route_weight=t.route_weight, lora_scale=lora_scale(t),
+                          encode=t.encode, distill=self.distill,
+                          distill_weight=float(t.get("distill_weight", 1.0)))
 
     def model(self, trainable) -> H2MT:
         lm = self.lm.with_params(trainable["backbone"]) if "backbone" in trainable else self.lm

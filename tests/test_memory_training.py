@@ -1,0 +1,226 @@
+"""Trained compressed memories: the encoder adapters, the training-time readings against the
+inference paths, memory pretraining (reconstruction falls), distillation targets from the
+teacher's text pass, and bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs.memory_pretrain import get_config
+from conftest import tiny_lm_with
+from h2mt_jax.backbone.lora import merge_lora
+from h2mt_jax.data import prompts
+from h2mt_jax.data.synthetic import generate_manual
+from h2mt_jax.hierarchy import parse
+from h2mt_jax.hierarchy.build import BuildConfig
+from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.h2mt import H2MT
+from h2mt_jax.hierarchy.loss import _answer_hidden
+from h2mt_jax.hierarchy.memory import encoder_params
+from h2mt_jax.hierarchy.memory_loss import encode_write, pretrain_loss
+from h2mt_jax.train.h2mt_qa import teacher_targets
+from h2mt_jax.train.memory_lm import CUES, PRE, MemoryLMTask, wikitext_articles
+from test_leaf_kv import _segment_logits
+
+
+@pytest.fixture(scope="module")
+def lm(smollm2_tokenizer):
+    return tiny_lm_with(smollm2_tokenizer, seed=3)
+
+
+def _cfg(**kw):
+    return H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8),
+                      recall_dim=16, k=2, **kw)
+
+
+def _nudge(tree, key, scale=0.05):
+    """Adapters with non-zero `b`, so that they change what they adapt."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape)
+                                        for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def adapted(lm):
+    """An H2MT with m=3 memories, encoder adapters and decoder adapters, all non-trivial."""
+    from h2mt_jax.backbone.lora import init_lora
+
+    h = H2MT.create(lm, _cfg(mem_tokens=3, enc_lora_rank=2, kv_store="float32"), seed=1)
+    h.params = dict(h.params, enc_lora=_nudge(h.params["enc_lora"], jax.random.PRNGKey(5)))
+    h.lora, h.lora_scale = _nudge(init_lora(lm.params, 2, jax.random.PRNGKey(6)),
+                                  jax.random.PRNGKey(7)), 2.0
+    return h
+
+
+def test_encoder_adapters_change_memories_and_leave_leaf_kv_to_the_reader(lm, adapted):
+    # Given the same document built with and without the encoder adapters
+    text = generate_manual(4, chapters=1).text
+    plain = H2MT(lm, adapted.config, {k: v for k, v in adapted.params.items() if k != "enc_lora"},
+                 adapted.lora, adapted.lora_scale)
+    a, b = adapted.build(text), plain.build(text)
+    # Then the memories differ (the adapters encode), the leaves' own KV do not: both come from
+    # the answer backbone (decoder adapters), as a text prompt would compute them
+    assert not np.allclose(a.memories, b.memories, atol=1e-4)
+    assert not np.allclose(a.kv.gather_write([0]), b.kv.gather_write([0]), atol=1e-4)
+    np.testing.assert_allclose(a.kv.gather([0, 1])[0], b.kv.gather([0, 1])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["memory", "memory_kv"])
+def test_training_reading_matches_the_inference_reading(lm, adapted, mode):
+    # Given an index and a question over two of its leaves
+    index = adapted.build(generate_manual(2, chapters=1).text)
+    leaves = [0, 2]
+    tok = lm.tokenizer
+    pre, post = prompts.split_prompt(tok, prompts.template_for("synthetic"), "Which pump?")
+    alm = adapted.answer_lm
+    # When the answer pass reads them at inference
+    if mode == "memory_kv":
+        k, v = index.kv.gather_write(leaves)
+        want = _segment_logits(alm, pre, k, v, post)
+    else:
+        from h2mt_jax.hierarchy.memory import read_memories
+
+        mem = np.asarray(read_memories(adapted.params, jnp.asarray(
+            index.node_memories(leaves).reshape(-1, index.memories.shape[-1]))))
+        emb = np.concatenate([adapted.embedding[pre], mem, adapted.embedding[post]])
+        model = alm.model  # what generate_ids(embeds=...) prefills
+        want = np.asarray(model.logits(model(jnp.asarray(emb[None]))[0]))[0, -1]
+    # and as the training loss reads them (leaves re-encoded in the loss, as encode="full")
+    m = adapted.config.mem_tokens
+    enc = nnx.merge(lm.graphdef, encoder_params(lm.params, adapted.params))
+    width = index.tree.leaf_tokens.shape[1]
+    toks = np.zeros((2, width), np.int32)
+    lens = np.zeros(2, np.int32)
+    for r, i in enumerate(leaves):
+        ids = index.spec.leaf_tokens[i]
+        toks[r, :len(ids)], lens[r] = ids, len(ids)
+    mem, keys, values = encode_write(enc, adapted.params, jnp.asarray(toks), jnp.asarray(lens))
+    seq = np.asarray(pre + [0] * (2 * m) + post, np.int32)
+    reader = nnx.merge(lm.graphdef, merge_lora(lm.params, adapted.lora, adapted.lora_scale))
+    hidden = _answer_hidden(reader, adapted.params, mode, jnp.asarray(seq),
+                            jnp.asarray(seq[:len(pre) + 3]), jnp.int32(len(pre)), 2 * m,
+                            mem, keys, values)
+    got = np.asarray(reader.logits(hidden))[len(seq) - 1]
+    # Then both give the same next-token logits
+    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_reconstruction_loss_falls_on_a_tiny_run(smollm2_tokenizer):
+    # Given a tiny backbone whose (frozen) embeddings and head are large enough for its logits
+    # to move, a memory_lm task over two short manuals and one fixed reconstruction batch
+    lm = tiny_lm_with(smollm2_tokenizer, seed=4)
+    lm.params["embedding"].value = lm.params["embedding"].value * 25.0
+    lm.params["lm_head"]["kernel"].value = lm.params["lm_head"]["kernel"].value * 25.0
+
+    c = get_config("tiny")
+    c.train.batch_size = 4
+    docs = [(f"m{i}", generate_manual(10 + i, chapters=1).text, None) for i in range(2)]
+    docs = [(d, t, parse.parse_document(t, "markdown")) for d, t, _ in docs]
+    task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
+    batches = [b for b in task.examples(docs, 0) if b["objective"][0] == 0]
+    batch = jax.tree.map(jnp.asarray, batches[0])
+    trainable = task.init(jax.random.PRNGKey(0))
+    opt = optax.adam(1e-2)
+    state = opt.init(trainable)
+
+    @jax.jit
+    def step(tr, st):
+        (loss, _), g = jax.value_and_grad(task.loss, has_aux=True)(tr, lm.params, batch)
+        up, st = opt.update(g, st, tr)
+        return optax.apply_updates(tr, up), st, loss
+
+    losses = []
+    for _ in range(60):
+        trainable, state, loss = step(trainable, state)
+        losses.append(float(loss))
+    # Then the reconstruction NLL falls well below where it started
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_pretraining_examples_hold_the_leaf_and_its_target(lm):
+    # Given one document cut into leaves
+    c = get_config("tiny")
+    c.train.batch_size = 1
+    text = generate_manual(3, chapters=1).text
+    docs = [("d", text, parse.parse_document(text, "markdown"))]
+    task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
+    leaves = task.leaves(docs)[0]
+    batches = task.examples(docs, 0)
+    tok = lm.tokenizer
+    cue = {o: tok(CUES[o], add_special_tokens=False)["input_ids"] for o in (0, 1)}
+    # Then every reconstruction example's labels are its own leaf (then the end token), and
+    # every continuation example's labels are the leaf after its own
+    seen = {0: 0, 1: 0}
+    for b in batches:
+        o = int(b["objective"][0])
+        leaf = list(b["leaf"][0][:b["leaf_len"][0]])
+        labels = [int(x) for x in b["labels"][0] if x >= 0]
+        assert list(b["pre"][0]) == tok(PRE, add_special_tokens=False)["input_ids"]
+        assert list(b["post"][0][:len(cue[o])]) == cue[o]
+        target = leaf if o == 0 else leaves[leaves.index(leaf) + 1]
+        assert labels[:-1] == target and labels[-1] in lm.eos_ids
+        seen[o] += 1
+    assert seen[0] >= 1 and seen[1] >= 1
+
+
+def test_teacher_targets_come_from_the_text_pass(lm):
+    # Given the same question and answer over two different contexts
+    tok = lm.tokenizer
+    tpl = prompts.template_for("synthetic")
+    answer = tok(" 45 rpm", add_special_tokens=False)["input_ids"] + [lm.eos_ids[0]]
+    a = prompts.prompt_ids(tok, tpl, "The pump runs at 45 rpm.", "How fast is the pump?")
+    b = prompts.prompt_ids(tok, tpl, "The valve is blue and old.", "How fast is the pump?")
+    ta = teacher_targets(lm, a, answer, start=20, seq_len=40, kind="kl", topk=8)
+    tb = teacher_targets(lm, b, answer, start=20, seq_len=40, kind="kl", topk=8)
+    rows = slice(19, 19 + len(answer))
+    # Then the targets sit at the student's label rows only, and changing the text changes them
+    assert np.all(ta["t_logp"][:19] <= -1e8) and np.all(ta["t_logp"][rows] > -1e8)
+    assert not np.allclose(ta["t_logp"][rows], tb["t_logp"][rows], atol=1e-4)
+    # and the greedy kind returns the teacher's own answer, ending with the end token
+    g = teacher_targets(lm, a, answer, 20, 40, "tokens", max_new_tokens=4)
+    assert g["t_answer"][-1] == lm.eos_ids[0] and 1 <= len(g["t_answer"]) <= 5
+
+
+def test_pretrain_loss_reads_one_mode_per_batch(lm):
+    # Given a batch and its copy marked for the other reading
+    c = get_config("tiny")
+    text = generate_manual(5, chapters=1).text
+    docs = [("d", text, parse.parse_document(text, "markdown"))]
+    c.train.batch_size = 2
+    task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
+    batch = jax.tree.map(jnp.asarray, task.examples(docs, 0)[0])
+    tr = task.init(jax.random.PRNGKey(0))
+    other = dict(batch, mode=1 - batch["mode"])
+    la, ma = pretrain_loss(tr, lm.params, lm.graphdef, batch, lora_scale=1.0)
+    lb, mb = pretrain_loss(tr, lm.params, lm.graphdef, other, lora_scale=1.0)
+    # Then the losses differ (two readings) and the metrics say which one ran
+    assert float(ma["mode"]) != float(mb["mode"])
+    assert abs(float(la) - float(lb)) > 1e-6
+
+
+def test_bad_input_memory_larger_than_a_leaf_and_unknown_modes(lm):
+    with pytest.raises(ValueError, match="exceeds the leaf length"):
+        H2MTConfig(build=BuildConfig(leaf_tokens=16, title_tokens=4), mem_tokens=17)
+    from h2mt_jax.errors import ConfigError
+    c = get_config("tiny")
+    c.train.read_modes = "memory,text"
+    with pytest.raises(ConfigError, match="read_modes"):
+        MemoryLMTask(c, lm=lm, progress=False, documents=([("d", "x", None)], []))
+    c.train.read_modes = ""
+    c.data.sources = "longbench"
+    with pytest.raises(ConfigError, match="data.sources"):
+        MemoryLMTask(c, lm=lm, progress=False)
+
+
+def test_wikitext_articles_split_at_top_level_headings():
+    text = " = A = \n x \n = = Sub = = \n y \n = B = \n z \n"
+    arts = wikitext_articles(text)
+    assert len(arts) == 2 and arts[0].startswith("= A =") and "Sub" in arts[0]
+    assert arts[1].startswith("= B =")
+
