@@ -116,6 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods
     c.eval.warmup = True  # one unrecorded answer per method first (compilation not timed)
     c.eval.tree_text = False  # train.py: also answer from the routed leaves' text (tree_text_f1)
+    c.eval.answer_modes = "memory"  # train.py: the H²MT answer modes evaluated (memory,
+    # memory_kv, leaf_kv: `<mode>_f1`; the KV modes build indexes with KV caches)
+    c.eval.baseline_adapters = False  # evaluate.py: also run the text baselines (full, rag_*,
+    # compress) with the checkpoint's decoder adapters, as "<method>+adapters"
     return c
 
 

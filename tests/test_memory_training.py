@@ -224,3 +224,64 @@ def test_wikitext_articles_split_at_top_level_headings():
     assert len(arts) == 2 and arts[0].startswith("= A =") and "Sub" in arts[0]
     assert arts[1].startswith("= B =")
 
+
+
+def test_shipped_checkpoint_loads_by_name_and_fits_the_backbone(smollm2):
+    import os
+
+    from h2mt_jax.backbone.lora import check_lora
+    from h2mt_jax.hierarchy.h2mt import resolve_checkpoint
+
+    # When the shipped checkpoint is loaded by name
+    h = H2MT.load("smollm2-135m-h2mt", smollm2)
+    path = resolve_checkpoint("smollm2-135m-h2mt")
+    # Then its memory parameters and both adapters fit SmolLM2, it is small enough to ship, and
+    # it carries trained encoder and decoder adapters
+    d = smollm2.config.hidden_size
+    assert h.params["leaf_write"].shape == (h.config.mem_tokens, d) and h.config.mem_tokens > 1
+    check_lora(h.lora, smollm2.params, path)
+    check_lora(h.params["enc_lora"], smollm2.params, path)
+    assert any(float(jnp.abs(ad["b"]).max()) > 0 for ad in h.lora.values())
+    assert any(float(jnp.abs(ad["b"]).max()) > 0 for ad in h.params["enc_lora"].values())
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    assert size <= 20 * 2 ** 20, size
+    # and a name that is not shipped is left as a path
+    assert resolve_checkpoint("runs/x/model") == "runs/x/model"
+
+
+def test_checkpoint_of_another_backbone_is_refused(tmp_path, lm, adapted, smollm2_tokenizer):
+    # A checkpoint of SmolLM2 given a tiny backbone: the error names both
+    with pytest.raises(ValueError, match="smollm2-135m-instruct.*d=576"):
+        H2MT.load("smollm2-135m-h2mt", lm)
+    # A checkpoint of the same width whose adapters fit another backbone's kernels
+    adapted.save(tmp_path / "ck")
+    other = tiny_lm_with(smollm2_tokenizer, seed=3, intermediate_size=48)
+    with pytest.raises(ValueError, match="gate_up.*do not fit"):
+        H2MT.load(tmp_path / "ck", other)
+
+
+def test_config_overrides_apply_over_a_checkpoint_only_when_set():
+    from h2mt_jax.hierarchy.config import explicit_overrides
+
+    assert explicit_overrides({"route_score": "memory", "k": 4, "mem_tokens": 9}) == {}
+    assert explicit_overrides({"route_score": "fused", "fuse": "rrf", "k": 2}) == {
+        "route_score": "fused", "fuse": "rrf", "k": 2}
+
+
+def test_text_baselines_also_run_with_the_checkpoint_adapters(tmp_path, adapted):
+    from configs.longbench import get_config as lb_config
+    from conftest import shared_data
+    from h2mt_jax.eval.runner import run_evaluation
+
+    data = shared_data("longbench", "qasper.jsonl")
+    adapted.save(tmp_path / "ck")
+    c = lb_config("tiny")
+    c.data.path, c.method, c.checkpoint = str(data), "rag_bm25", str(tmp_path / "ck")
+    c.output, c.eval.max_examples, c.eval.baseline_adapters = str(tmp_path / "o.json"), 1, True
+    c.eval.warmup = False
+    out = run_evaluation(c, lm=adapted.lm, progress=False)
+    # Then the table has the baseline both ways, and the adapted run used the adapters
+    assert set(out["summary"]) == {"rag_bm25", "rag_bm25+adapters"}
+    c.checkpoint = ""
+    with pytest.raises(ValueError, match="baseline_adapters"):
+        run_evaluation(c, lm=adapted.lm, progress=False)

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import ROOT, shared_data
 
-CONFIGS = ["demo", "hotpotqa", "narrativeqa", "qasper", "longbench", "wikitext"]
+CONFIGS = ["demo", "hotpotqa", "narrativeqa", "qasper", "longbench", "wikitext", "memory_pretrain",
+           "memory_qa"]
 
 
 def load_config(name: str, variant: str | None = None):
@@ -31,7 +32,7 @@ def test_configs_load_and_tiny_trains_two_steps(name, tmp_path, smollm2):
     from h2mt_jax.train.trainer import train_and_evaluate
 
     full = load_config(name)
-    assert full.task in ("h2mt_qa", "hmt_lm") and full.train.steps > 2
+    assert full.task in ("h2mt_qa", "hmt_lm", "memory_lm") and full.train.steps > 2
     c = load_config(name, "tiny")
     if c.data.path and not os.path.exists(c.data.path):
         shared_data("longbench")  # skips with the reason when the shared data is absent
@@ -41,9 +42,10 @@ def test_configs_load_and_tiny_trains_two_steps(name, tmp_path, smollm2):
     assert os.path.isdir(tmp_path / name / "model")
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines if '"train"' in x] == [1, 2]
-    if name == "demo":  # the demo also answers from the routed text and splits recall
+    if name == "demo":  # the demo also answers from the routed text, the KV modes, splits recall
         after = results["after"]
         assert 0 <= after["tree_text_f1"] <= 100 and after["n"] == c.eval.max_examples
+        assert 0 <= after["memory_kv_f1"] <= 100 and 0 <= after["leaf_kv_f1"] <= 100
         assert after["n_one_gold"] + after["n_multi_gold"] <= after["n"]
         for key in ("recall_at_2_one_gold", "recall_at_2_multi_gold"):
             assert after[key] != after[key] or 0 <= after[key] <= 1  # NaN when none

@@ -51,3 +51,20 @@ def merge_lora(params: nnx.State, lora: PyTree | None, scale: float = 1.0) -> nn
             var = var.replace((w + scale * (ad["a"] @ ad["b"])).astype(w.dtype))
         leaves.append((path, var))
     return nnx.from_flat_state(leaves)
+
+
+def check_lora(lora: PyTree | None, params: nnx.State, where: str) -> None:
+    """Raises ValueError naming the first adapter whose kernel is missing from `params` or
+    whose `a` `[in, r]` / `b` `[r, out]` do not fit that kernel (`where`: the file, for the
+    message)."""
+    if not lora:
+        return
+    kernels = {_path(p): v.shape for p, v in nnx.to_flat_state(params)}
+    for key, ad in lora.items():
+        if key not in kernels:
+            raise ValueError(f"{where}: adapter {key!r} has no kernel in this backbone")
+        din, dout = kernels[key]
+        a, b = tuple(ad["a"].shape), tuple(ad["b"].shape)
+        if len(a) != 2 or len(b) != 2 or a[0] != din or b[1] != dout or a[1] != b[0]:
+            raise ValueError(f"{where}: adapter {key!r} has a{a} b{b}, which do not fit the "
+                             f"backbone's kernel of shape {(din, dout)}")

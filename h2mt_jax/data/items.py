@@ -112,17 +112,37 @@ def _records(data, name: str, limit: int | None) -> list[QAItem]:
     raise ValueError(f"unknown data.source {data.source!r}: synthetic, hotpotqa, longbench")
 
 
+class _Data(dict):
+    """A dict read like a config section (`.source`, `.on_error`)."""
+
+    __getattr__ = dict.__getitem__
+
+
 def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[QAItem]]:
     """(train items, evaluation items) for `config.data`; with `split=False` every item of a
     file is returned as evaluation item (synthetic data is always generated as two sets).
+
+    Synthetic: manuals `data.train_offset ..` for training and `data.eval_offset ..` (default:
+    right after them) held out, never overlapping; `data.hotpotqa_records` > 0 adds the first
+    records of `data.hotpotqa_path` (a HotpotQA file; "": the hub's train split) to training.
 
     A local file (`data.path`) is split by document (`held_out`); without one the data come from
     the hub (`hub_names`), with HotpotQA's own train/validation splits."""
     source = data.source
     if source == "synthetic":
         kw = dict(chapters=data.chapters)
-        return (synthetic_items(seed, data.train_docs, 0, **kw),
-                synthetic_items(seed, data.eval_docs, data.train_docs, **kw))
+        first = int(data.get("train_offset", 0))
+        held = int(data.get("eval_offset", -1))
+        held = first + data.train_docs if held < 0 else held
+        if held < first + data.train_docs and held + data.eval_docs > first:
+            raise DataError(f"synthetic manuals {held}..{held + data.eval_docs - 1} (evaluation) "
+                            f"overlap {first}..{first + data.train_docs - 1} (training)")
+        train = synthetic_items(seed, data.train_docs, first, **kw)
+        if data.get("hotpotqa_records", 0):  # plus the first N records of a HotpotQA file
+            hot = dict(data.to_dict() if hasattr(data, "to_dict") else data, source="hotpotqa")
+            path = data.get("hotpotqa_path", "") or "train"
+            train += _records(_Data(hot), path, int(data.hotpotqa_records))
+        return train, synthetic_items(seed, data.eval_docs, held, **kw)
     limit = data.limit or None
     if data.path:
         if not os.path.exists(os.path.expanduser(data.path)):

@@ -37,17 +37,21 @@ def eval_items(config):
 
 def _load_models(config, lm, methods):
     """(h2mt, hmt): from checkpoints when given, else fresh parameters."""
-    from h2mt_jax.hierarchy.config import H2MTConfig
+    from h2mt_jax.hierarchy.config import H2MTConfig, explicit_overrides
     from h2mt_jax.hierarchy.h2mt import H2MT
     from h2mt_jax.hmt import HMT, HMTConfig
 
     h2mt = hmt = None
-    if any(m.startswith("h2mt") or m == "tree_text" for m in methods):
-        ckpt = config.checkpoint
+    if (any(m.startswith("h2mt") or m == "tree_text" for m in methods)
+            or config.eval.get("baseline_adapters", False)):
+        from h2mt_jax.hierarchy.h2mt import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(config.checkpoint) if config.checkpoint else ""
+        over = explicit_overrides(config.h2mt)  # set on purpose: over the checkpoint's
         if ckpt and os.path.isfile(os.path.join(ckpt, "h2mt.json")):
-            h2mt = H2MT.load(ckpt, lm)
+            h2mt = H2MT.load(ckpt, lm).with_config(**over)
         elif ckpt and os.path.isfile(os.path.join(ckpt, "model", "h2mt.json")):
-            h2mt = H2MT.load(os.path.join(ckpt, "model"), lm)
+            h2mt = H2MT.load(os.path.join(ckpt, "model"), lm).with_config(**over)
         elif ckpt:
             raise FileNotFoundError(f"config.checkpoint={ckpt!r} holds no H2MT checkpoint "
                                     "(h2mt.json)")
@@ -62,6 +66,10 @@ def _load_models(config, lm, methods):
         else:
             hmt = HMT.create(lm, HMTConfig.from_config(config.hmt))
     return h2mt, hmt
+
+
+ADAPTED = "+adapters"  # suffix of a text baseline run with the checkpoint's decoder adapters
+TEXT_BASELINES = ("full", "rag_bm25", "rag_dense", "compress")
 
 
 def settings_hash(config) -> str:
@@ -186,13 +194,22 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
     kv_store = None  # the H²MT methods share their builds: with KV caches when one needs them
     if h2mt is not None and any(m in KV_METHODS for m in methods):
         kv_store = h2mt.config.kv_store if h2mt.config.kv_store != "none" else "bfloat16"
-    for name in methods:
-        method = make_method(name, lm, h2mt=h2mt, hmt=hmt, k=k, index_cache=indexes,
+    runs = [(name, name, lm) for name in methods]
+    if config.eval.get("baseline_adapters", False):  # text baselines again, read by the
+        # H²MT checkpoint's answer backbone (its decoder adapters): like with like
+        if h2mt is None or not h2mt.lora:
+            raise ConfigError("eval.baseline_adapters needs an H2MT checkpoint with decoder "
+                              "adapters (config.checkpoint)")
+        runs += [(name + ADAPTED, name, h2mt.answer_lm) for name in methods
+                 if name in TEXT_BASELINES]
+    for label, name, method_lm in runs:
+        method = make_method(name, method_lm, h2mt=h2mt, hmt=hmt, k=k, index_cache=indexes,
                              kv_store=kv_store)
-        todo = [it for it in items if (name, it.qid or it.doc_id) not in done]
+        method.name = label
+        todo = [it for it in items if (label, it.qid or it.doc_id) not in done]
         if todo and config.eval.get("warmup", True):
             warm_up(method, todo[0], settings)
-        for it in tqdm(todo, desc=f"evaluating {name}", disable=not progress):
+        for it in tqdm(todo, desc=f"evaluating {label}", disable=not progress):
             row = evaluate_example(method, it, settings)
             row["settings"] = settings_key
             if name in H2MT_METHODS and name != index_owner:

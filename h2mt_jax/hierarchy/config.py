@@ -17,6 +17,25 @@ FUSIONS = ("weighted", "rrf")
 BM25_INNER = ("max", "subtree")
 
 
+# Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
+# a config may set them over a checkpoint's (`explicit_overrides`).
+INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
+                    "route_score", "fuse", "w_bm25", "w_dense", "w_memory", "bm25_inner", "hops")
+
+
+def explicit_overrides(section) -> dict:
+    """The `INFERENCE_FIELDS` of a config's `h2mt` section that differ from `H2MTConfig`'s
+    defaults: what a config file or the command line set on purpose, applied over a loaded
+    checkpoint's config (the other fields stay the checkpoint's)."""
+    default = H2MTConfig()
+    out = {}
+    for f in INFERENCE_FIELDS:
+        v = section.get(f) if section is not None else None
+        if v is not None and v != getattr(default, f):
+            out[f] = v
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class H2MTConfig:
     """mem_tokens: `m`, memory tokens per node. recall_dim: `d_h` of the routing projections.

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from h2mt_jax.backbone.lora import check_lora
 from h2mt_jax.data import prompts
 from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy import parse
@@ -35,6 +36,22 @@ from h2mt_jax.io import load_tree, read_meta, save_tree, write_meta
 from h2mt_jax.lm import LM, checkpoint_backbone
 
 FORMAT = "h2mt_jax.h2mt/1"
+CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "checkpoints")
+SHIPPED = ("smollm2-135m-h2mt",)  # pretrained checkpoints in the package, loadable by name
+
+
+def resolve_checkpoint(name_or_dir) -> str:
+    """The directory of a shipped checkpoint (`SHIPPED`) by name; any other value is returned
+    as given (a directory written by `H2MT.save`)."""
+    name = str(name_or_dir)
+    if name in SHIPPED and not os.path.isdir(name):
+        path = os.path.join(CHECKPOINTS, name)
+        if not os.path.isfile(os.path.join(path, "h2mt.json")):
+            raise FileNotFoundError(f"the shipped checkpoint {name!r} is missing from {path}: "
+                                    "reinstall h2mt_jax")
+        return path
+    return name
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -423,13 +440,34 @@ class H2MT:
                    backbone=self.lm.name, hidden_size=self.lm.config.hidden_size,
                    lora_scale=self.lora_scale)
 
+    def with_config(self, **fields) -> "H2MT":
+        """The same parameters under a config with some fields replaced (validated)."""
+        if not fields:
+            return self
+        return H2MT(self.lm, self.config.replace(**fields), self.params, self.lora,
+                    self.lora_scale)
+
     @classmethod
     def load(cls, directory, lm: LM | None = None, allow_hub: bool = False) -> "H2MT":
-        """An H2MT saved by `save`. The backbone: `lm`, else the saved name when it is an offline
+        """An H2MT saved by `save`, or a shipped one by name (`SHIPPED`, e.g.
+        "smollm2-135m-h2mt"). The backbone: `lm`, else the saved name when it is an offline
         registry name (`lm.checkpoint_backbone`: metadata never opens paths or fetches)."""
+        directory = resolve_checkpoint(directory)
         meta = read_meta(os.path.join(directory, "h2mt.json"), FORMAT, "an H2MT checkpoint")
         lm = checkpoint_backbone(meta["backbone"], lm, meta["hidden_size"],
                                  os.path.join(directory, "h2mt.json"), allow_hub)
-        tree = jax.tree.map(jnp.asarray, load_tree(os.path.join(directory, "h2mt.safetensors")))
-        return cls(lm, H2MTConfig.from_dict(meta["config"]), tree["params"], tree.get("lora"),
-                   meta.get("lora_scale", 1.0))
+        where = os.path.join(directory, "h2mt.safetensors")
+        tree = jax.tree.map(jnp.asarray, load_tree(where))
+        cfg = H2MTConfig.from_dict(meta["config"])
+        params = tree["params"]
+        check_lora(tree.get("lora"), lm.params, where)
+        check_lora(params.get("enc_lora"), lm.params, where)
+        want = (cfg.mem_tokens, lm.config.hidden_size)
+        if tuple(params["leaf_write"].shape) != want:
+            raise ValueError(f"{where}: params/leaf_write has shape "
+                             f"{tuple(params['leaf_write'].shape)}, the config and backbone make "
+                             f"{want}")
+        if cfg.enc_lora_rank and "enc_lora" not in params:
+            raise ValueError(f"{where}: the config has enc_lora_rank={cfg.enc_lora_rank} but the "
+                             "file holds no params/enc_lora")
+        return cls(lm, cfg, params, tree.get("lora"), meta.get("lora_scale", 1.0))

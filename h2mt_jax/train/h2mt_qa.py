@@ -25,7 +25,7 @@ from h2mt_jax.data import prompts
 from h2mt_jax.data.items import QAItem, load_items
 from h2mt_jax.eval.example import EvalSettings, evaluate_example, warm_up
 from h2mt_jax.eval.methods import make_method
-from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.config import H2MTConfig, explicit_overrides
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.index import Index
 from h2mt_jax.errors import ConfigError
@@ -38,6 +38,7 @@ from h2mt_jax.shapes import bucket
 from h2mt_jax.train.trainable import init_trainable, lora_scale
 
 INDEX_CACHE_FORMAT = "h2mt_jax.train_indexes/1"
+ANSWER_METHODS = {"memory": "h2mt", "memory_kv": "h2mt_memory_kv", "leaf_kv": "h2mt_leaf_kv"}
 
 
 def tree_arrays(tree: Tree) -> dict[str, np.ndarray]:
@@ -147,8 +148,9 @@ class H2MTQATask:
     def __init__(self, config, lm=None, progress: bool = True, workdir: str | None = None):
         self.config, self.progress = config, progress
         self.lm = lm or backbone_from_config(config)
-        if config.checkpoint:
-            self.h2mt = H2MT.load(config.checkpoint, self.lm)
+        if config.checkpoint:  # the config's explicit routing/answer settings apply over it
+            self.h2mt = H2MT.load(config.checkpoint, self.lm).with_config(
+                **explicit_overrides(config.h2mt))
         else:
             self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
                                     seed=config.seed)
@@ -308,12 +310,20 @@ class H2MTQATask:
         items = self.eval_items if items is None else items
         if self.config.eval.get("max_examples", 0):
             items = items[:self.config.eval.max_examples]
-        names = ["h2mt"] + (["tree_text"] if self.config.eval.get("tree_text", False) else [])
+        modes = [m.strip() for m in str(self.config.eval.get("answer_modes", "memory")
+                                        ).split(",") if m.strip()]
+        bad = [m for m in modes if m not in ANSWER_METHODS]
+        if bad:
+            raise ConfigError(f"eval.answer_modes: unknown {bad}; known: "
+                              f"{', '.join(ANSWER_METHODS)}")
+        names = ["h2mt"] + [ANSWER_METHODS[m] for m in modes if m != "memory"]
+        names += ["tree_text"] if self.config.eval.get("tree_text", False) else []
+        kv_store = "bfloat16" if any(m in ("memory_kv", "leaf_kv") for m in modes) else None
         shared: dict = {}
         rows: dict[str, list[dict]] = {}
         for name in names:
             method = make_method(name, h2mt.lm, h2mt=h2mt, k=self.config.eval.get("k", 4),
-                                 index_cache=shared)
+                                 index_cache=shared, kv_store=kv_store)
             if items and self.config.eval.get("warmup", True):
                 warm_up(method, items[0], self.settings)
             rows[name] = [evaluate_example(method, it, self.settings)
@@ -339,6 +349,9 @@ def summarize_h2mt(rows: dict[str, list[dict]]) -> dict:
            "recall_at_2_one_gold": _mean(r["recall@2"] for r in one),
            "recall_at_2_multi_gold": _mean(r["recall@2"] for r in multi),
            "ttft_s": _mean(r["ttft_s"] for r in ok)}
+    for mode, name in ANSWER_METHODS.items():
+        if name in rows and name != "h2mt":
+            out[f"{mode}_f1"] = 100 * _mean(r["f1"] for r in rows[name] if "error" not in r)
     if "tree_text" in rows:
         out["tree_text_f1"] = 100 * _mean(r["f1"] for r in rows["tree_text"] if "error" not in r)
     out.update(n=len(ok), n_one_gold=len(one), n_multi_gold=len(multi),

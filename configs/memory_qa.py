@@ -1,0 +1,60 @@
+"""Stage 2 of the shipped checkpoint `smollm2-135m-h2mt`: question answering from trained memories,
+starting from memory pretraining (`configs/memory_pretrain.py`, stage 1).
+
+    python train.py --config=configs/memory_pretrain.py                       # stage 1
+    python train.py --config=configs/memory_qa.py \
+        --config.checkpoint=runs/memory_pretrain/model                        # stage 2
+    python train.py --config=configs/memory_qa.py:tiny                        # a quick check
+
+Trains the write tokens, the read projection, the encoder adapters (the answer's leaves are
+encoded again with gradients: `train.encode=full`) and the decoder adapters on synthetic manuals
+(seed 0, manuals 100..139: disjoint from every held-out manual the project reports on) plus the
+first 70 shared HotpotQA records, with the answer read as memory vectors and as write-token
+keys/values (batches take turns), the gold answer's cross-entropy, the routing loss and
+distillation from the same backbone reading the gold leaves' text (`train.distill=kl`).
+Evaluation: the demo's held-out manuals (seed 0, 16..19).
+"""
+
+from configs.common import ConfigError, base_config, shared_file, tiny
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.workdir = "runs/memory_qa"
+    c.checkpoint = "runs/memory_pretrain/model"
+    c.data.source = "synthetic"
+    c.data.train_docs = 40
+    c.data.train_offset = 100
+    c.data.eval_docs = 4
+    c.data.eval_offset = 16
+    c.data.hotpotqa_path = shared_file("hotpotqa", "hotpot_dev_distractor_first100.json")
+    c.data.hotpotqa_records = 70
+    c.h2mt.mem_tokens = 16
+    c.h2mt.enc_lora_rank = 8
+    c.h2mt.k = 2
+    # the shipped routing: reciprocal-rank fusion of BM25 and MiniLM scores, the best measured
+    # on held-out manuals (bench/results/routing_scores.json)
+    c.h2mt.route_score = "fused"
+    c.h2mt.fuse = "rrf"
+    c.train.trainable = "memory+lora"
+    c.train.encode = "full"
+    c.train.read_modes = "memory,memory_kv"
+    c.train.distill = "kl"
+    c.train.steps = 150
+    c.train.batch_size = 4
+    c.train.lr = 1e-3
+    c.train.warmup = 10
+    c.train.checkpoint_every = 25
+    c.eval.k = 2
+    c.eval.tree_text = True
+    c.eval.answer_modes = "memory,memory_kv,leaf_kv"
+    if arg == "tiny":
+        tiny(c)
+        c.workdir = "runs/memory_qa-tiny"
+        c.checkpoint = ""
+        c.data.train_offset, c.data.eval_offset = 10, 0
+        c.data.hotpotqa_records = 2
+        c.h2mt.mem_tokens, c.h2mt.enc_lora_rank, c.train.lora_rank = 2, 2, 2
+    elif arg:
+        raise ConfigError(f"unknown variant {arg!r} of configs/memory_qa.py (known: tiny)")
+    return c
