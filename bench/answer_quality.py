@@ -5,9 +5,11 @@ tokens (bfloat16 and int8 KV) and build time.
 
 The manuals are the demo's held-out ones (seed 0, documents `--train-docs` .. `+ --eval-docs`),
 never trained on. Parameters: fresh (untrained) unless `--checkpoint` names an H2MT directory.
-Every mode reads the same route and the same prompt template; leaf_kv is exact (the leaves' own
-KV caches), so with oracle routing its F1 should be close to `text`'s (the issue's target:
->= 0.95x); memory and memory_kv are what the memory training issue trains.
+Every mode reads the same route and the same prompt template, through the same answer backbone
+(a checkpoint's decoder adapters included); leaf_kv is exact (the leaves' own KV caches), so with
+oracle routing its F1 should be close to `text`'s (target >= 0.95x); memory and memory_kv are the
+trained compressed memories (targets with oracle routing: >= 0.6x and >= 0.8x `text`'s F1; TTFT
+at 8k at most 1.5x the empty-context floor).
 
     python bench/answer_quality.py [--eval-docs 4] [--checkpoint runs/demo/model] > out.json
 """
@@ -117,9 +119,15 @@ def main():
         h2mt.answer(small, q.question, template=template, max_new_tokens=new_tokens,
                     answer_from="leaf_kv").timings["ttft_s"] for _ in range(args.repeats))
     out["ttft_median_s"]["leaf_kv_int8"] = small_ttft
+    ratio = {m: (scores[f"oracle/{m}"]["f1"] / text_f1 if text_f1 else None) for m in MODES}
+    out["oracle_f1_vs_text"] = ratio
     out["targets_met"] = {
-        "oracle_leaf_kv_f1_ge_0.95x_text": (out["oracle_leaf_kv_f1_vs_text"] or 0) >= 0.95,
-        "leaf_kv_ttft_8k_le_2x_empty": out["ttft_vs_empty"]["leaf_kv"] <= 2.0}
+        "oracle_leaf_kv_f1_ge_0.95x_text": (ratio["leaf_kv"] or 0) >= 0.95,
+        "oracle_memory_kv_f1_ge_0.8x_text": (ratio["memory_kv"] or 0) >= 0.8,
+        "oracle_memory_f1_ge_0.6x_text": (ratio["memory"] or 0) >= 0.6,
+        "leaf_kv_ttft_8k_le_2x_empty": out["ttft_vs_empty"]["leaf_kv"] <= 2.0,
+        "memory_ttft_8k_le_1.5x_empty": out["ttft_vs_empty"]["memory"] <= 1.5,
+        "memory_kv_ttft_8k_le_1.5x_empty": out["ttft_vs_empty"]["memory_kv"] <= 1.5}
     print(json.dumps(out, indent=1))
 
 
