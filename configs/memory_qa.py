@@ -8,7 +8,7 @@ starting from memory pretraining (`configs/memory_pretrain.py`, stage 1).
 
 Trains the write tokens, the read projection, the encoder adapters (the answer's leaves are
 encoded again with gradients: `train.encode=full`) and the decoder adapters on synthetic manuals
-(seed 0, manuals 100..139: disjoint from every held-out manual the project reports on) plus the
+(seed 0, manuals 100..123: disjoint from every held-out manual the project reports on) plus the
 first 70 shared HotpotQA records, with the answer read as memory vectors and as write-token
 keys/values (batches take turns), the gold answer's cross-entropy, the routing loss and
 distillation from the same backbone reading the gold leaves' text (`train.distill=kl`).
@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
     c.workdir = "runs/memory_qa"
     c.checkpoint = "runs/memory_pretrain/model"
     c.data.source = "synthetic"
-    c.data.train_docs = 40
+    c.data.train_docs = 24
     c.data.train_offset = 100
     c.data.eval_docs = 4
     c.data.eval_offset = 16
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
     c.train.encode = "full"
     c.train.read_modes = "memory,memory_kv"
     c.train.distill = "kl"
-    c.train.steps = 150
+    c.train.steps = 120
     c.train.batch_size = 4
     c.train.lr = 1e-3
     c.train.warmup = 10
