@@ -56,6 +56,7 @@ class LM:
         self.config: BackboneConfig = model.cfg
         self.tokenizer = tokenizer
         self.name = name
+        self.revision: str | None = None  # the hub commit of the weights, when downloaded
 
     def __repr__(self) -> str:
         c = self.config
@@ -210,11 +211,13 @@ def random_lm(seed: int = 0, dtype="float32", **overrides) -> LM:
 
 
 def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="float32",
-            tokenizer: bool = True) -> LM:
+            tokenizer: bool = True, revision: str | None = None) -> LM:
     """Loads a backbone by registry name, local path (HF directory or .gguf) or hub id.
 
     `dtype` is "float32" or "bfloat16" (parameters and activations; softmax and norms run in
-    float32). GGUF conversions and tokenizers are cached on disk (see `weights.cache`).
+    float32). GGUF conversions and tokenizers are cached on disk (see `weights.cache`). Hub
+    downloads are made at `revision` (default: the registry's pinned commit, else "main");
+    `lm.revision` is the commit downloaded (None for local weights).
     """
     from h2mt_jax.weights import build_model, load_tokenizer, load_weights, resolve
 
@@ -225,10 +228,12 @@ def load_lm(name_or_path: str | os.PathLike = "smollm2-135m-instruct", dtype="fl
         lm.tokenizer = load_tokenizer(resolve(tokenizer_of)) if tokenizer else None
         lm.name = name_or_path
         return lm
-    source = resolve(name_or_path)
+    source = resolve(name_or_path, revision=revision)
     cfg, flat = load_weights(source)
     model = build_model(cfg, flat, dtype)
-    return LM(model, load_tokenizer(source) if tokenizer else None, name=source.name)
+    lm = LM(model, load_tokenizer(source) if tokenizer else None, name=source.name)
+    lm.revision = source.revision
+    return lm
 
 
 def backbone_from_config(config) -> LM:

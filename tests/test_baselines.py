@@ -50,11 +50,15 @@ def methods(tiny_lm, h2mt):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_every_method_gives_a_sane_prediction(methods, manual, name):
+def test_every_method_gives_a_sane_prediction(methods, manual, name, monkeypatch):
     # Given a synthetic manual and one of its questions with gold spans
     q = manual.questions[0]
     m = methods[name]
     m.prepare("manual-0", manual.text)
+    prompts_seen = []  # the prompt ids the backbone is asked to continue
+    generate_ids = m.lm.generate_ids
+    monkeypatch.setattr(m.lm, "generate_ids", lambda ids=None, **kw: (
+        prompts_seen.append(ids) or generate_ids(ids, **kw)))
     # When the method answers
     p = m.answer("manual-0", manual.text, q.question, TEMPLATE, NEW, gold_spans=q.gold_spans)
     # Then the prediction is complete and consistent
@@ -75,6 +79,44 @@ def test_every_method_gives_a_sane_prediction(methods, manual, name):
         assert {"query_s", "route_s", "prefill_s", "decode_s"} <= set(p.meta)
     if name == "hmt":  # reading the document is question-time work
         assert 0 < p.meta["read_s"] < p.ttft_s
+    # And the answer is greedy decoding of the prompt the method says it built: the whole
+    # document, or the retrieved chunks in document order, or the compressed tokens
+    tok = m.lm.tokenizer
+    if name in ("full", "rag_bm25", "rag_dense", "compress"):
+        if name == "compress":
+            pre, post = prompts.split_prompt(tok, TEMPLATE, q.question)
+            ids = pre + tok(p.meta["context"], add_special_tokens=False)["input_ids"] + post
+            assert p.prompt_tokens == len(pre) + p.meta["kept_tokens"] + len(post)
+            assert tok.decode(prompts_seen[0][0]) == tok.decode(ids)
+            # the kept tokens keep the order they have in the kept chunks
+            kept = prompts_seen[0][0][len(pre):len(prompts_seen[0][0]) - len(post)]
+            coarse = iter(t for i in sorted(p.retrieved)
+                          for t in chunk_ids(tok, manual.text, 64)[i])
+            assert len(kept) == p.meta["kept_tokens"] and all(t in coarse for t in kept)
+        else:
+            ctx = manual.text
+            if name != "full":
+                chunks = chunk_ids(tok, manual.text, 64)
+                ctx = "\n\n".join(tok.decode(chunks[i]) for i in sorted(p.retrieved))
+            ids = prompts.prompt_ids(tok, TEMPLATE, ctx, q.question, max_tokens=2048 - NEW)
+            assert prompts_seen == [[ids]] and p.prompt_tokens == len(ids)
+        gen = generate_ids(prompts_seen[0], max_new_tokens=NEW).tokens[0]
+        assert p.text == tok.decode(gen, skip_special_tokens=True).strip()
+    # and an H²MT method routes and reads as its name says
+    expected = {"h2mt": ("beam", "memory"), "h2mt_flat": ("flat", "memory"),
+                "h2mt_oracle": ("oracle", "memory"), "h2mt_memory_kv": ("beam", "memory_kv"),
+                "h2mt_leaf_kv": ("beam", "leaf_kv"), "tree_text": ("beam", "text")}
+    if name in expected:
+        route, read = expected[name]
+        index = m.index("manual-0")
+        gold = index.leaves_for_spans([tuple(s) for s in q.gold_spans])
+        a = m.h2mt.answer(index, q.question, template=TEMPLATE, max_new_tokens=NEW, k=3,
+                          route=route, gold_leaves=gold if route == "oracle" else None,
+                          answer_from=read)
+        assert p.retrieved == list(a.leaves) and p.text == a.text
+        assert p.prompt_tokens == a.prompt_tokens
+        if route == "oracle":
+            assert set(p.retrieved) == set(gold)
 
 
 def test_bm25_retrieves_the_chunk_with_the_distinctive_word(tiny_lm, manual):
@@ -93,6 +135,26 @@ def test_bm25_retrieves_the_chunk_with_the_distinctive_word(tiny_lm, manual):
     top = tiny_lm.tokenizer.decode(chunks[p.retrieved[0]])
     assert "zorblaxian" in top.lower()
     assert p.meta["chunks"] == len(chunks)
+
+
+def test_rag_prompt_holds_the_retrieved_chunks_in_document_order(tiny_lm, manual, monkeypatch):
+    # Given a document whose last paragraph alone names a word: BM25 ranks its chunk first
+    needle = "Zorblaxian note: the zorblaxian resonator of the zorblaxian line is painted crimson."
+    context = manual.text + "\n\n" + needle
+    m = make_method("rag_bm25", tiny_lm, k=3, chunk_tokens=32)
+    seen = []
+    generate_ids = tiny_lm.generate_ids
+    monkeypatch.setattr(tiny_lm, "generate_ids", lambda ids=None, **kw: (
+        seen.append(ids) or generate_ids(ids, **kw)))
+    q = "What colour is the zorblaxian resonator painted?"
+    p = m.answer("needle", context, q, TEMPLATE, NEW)
+    # Then the prompt holds the three chunks in the document's order (the best one last here)
+    chunks = chunk_ids(tiny_lm.tokenizer, context, 32)
+    assert "zorblaxian" in tiny_lm.tokenizer.decode(chunks[p.retrieved[0]]).lower()
+    assert p.retrieved[0] >= len(chunks) - 2 and p.retrieved != sorted(p.retrieved)
+    ctx = "\n\n".join(tiny_lm.tokenizer.decode(chunks[i]) for i in sorted(p.retrieved))
+    assert seen == [[prompts.prompt_ids(tiny_lm.tokenizer, TEMPLATE, ctx, q,
+                                        max_tokens=2048 - NEW)]]
 
 
 def test_full_cuts_in_the_middle_past_the_window(tiny_lm, manual):

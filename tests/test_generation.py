@@ -81,6 +81,24 @@ def test_sampling_is_seeded_and_respects_top_p(tiny_lm):
     assert draws == {0, 1}
 
 
+def test_temperature_scales_the_distribution(tiny_lm):
+    # Draws at temperature T follow softmax(logits / T), i.e. p^(1/T) renormalised
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = jnp.log(jnp.asarray([p], jnp.float32))
+    keys = jax.random.split(jax.random.PRNGKey(1), 4000)
+    for t in (0.5, 2.0):
+        draws = np.asarray(jax.vmap(lambda k, t=t: choose(logits, Sampling(t, 1.0), k))(keys))
+        want = p ** (1 / t) / (p ** (1 / t)).sum()
+        np.testing.assert_allclose(np.bincount(draws[:, 0], minlength=4) / len(keys), want,
+                                   atol=0.03, err_msg=f"T={t}")
+    # and generation uses it: near T=0, every seed gives the greedy answer
+    prompt = [[5, 6, 7]]
+    greedy = tiny_lm.generate_ids(prompt, max_new_tokens=8).tokens
+    for s in range(3):
+        assert tiny_lm.generate_ids(prompt, max_new_tokens=8, temperature=1e-4,
+                                    seed=s).tokens == greedy
+
+
 def test_bucket():
     assert bucket(1) == 16 and bucket(16) == 16 and bucket(17) == 32
     assert bucket(8193) == 16384

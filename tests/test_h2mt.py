@@ -142,13 +142,34 @@ def test_append_recomputes_only_the_new_spine(h2mt, index):
     assert grown.timings["recomputed_nodes"] < grown.spec.n_nodes
 
 
-@pytest.mark.parametrize("leaf_mode,aggregator", [("hmt", "attention"), ("independent", "mean")])
+@pytest.mark.parametrize("leaf_mode,aggregator", [("hmt", "mean"), ("independent", "attention")])
 def test_other_modes_build_and_answer(tiny_lm, manual, leaf_mode, aggregator):
     cfg = H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8),
                      leaf_mode=leaf_mode, aggregator=aggregator, k=2)
     h = H2MT.create(tiny_lm, cfg)
+    # (pooling queries 30x their initial scale: attention far from a uniform mean)
+    h.params = {**h.params, "agg_query": h.params["agg_query"] * 30}
     idx = h.build(manual.text, fmt="markdown")
-    assert np.isfinite(idx.memories[padded_ids(idx.spec, idx.tree)]).all()
+    spec = idx.spec
+    mem = np.asarray(idx.memories[padded_ids(spec, idx.tree)], np.float64)  # spec order
+    # Then every parent is its aggregator over its children, written out here
+    for n in range(spec.n_leaves, spec.n_nodes):
+        kids = mem[list(spec.children[n])]  # [c, m, d]
+        c, m, d = kids.shape
+        flat = kids.reshape(c * m, d)
+        if aggregator == "mean":
+            want = kids.mean(0)
+        else:  # each query row: softmax(q . x / sqrt(d)) over all c * m child vectors
+            s = np.asarray(h.params["agg_query"], np.float64) @ flat.T / np.sqrt(d)
+            p = np.exp(s - s.max(1, keepdims=True))
+            want = (p / p.sum(1, keepdims=True)) @ flat
+        np.testing.assert_allclose(mem[n], want, atol=1e-5, err_msg=f"node {n}")
+    # and the leaves are encoded as leaf_mode says: the index holds the encoder's leaf memories;
+    # through the HMT cell a leaf's memory depends on the leaves before it, independently not
+    leaves = spec.leaf_tokens[:5]
+    np.testing.assert_allclose(mem[:5], h._leaf_memories(leaves), atol=1e-4)
+    with_first, without = h._leaf_memories(leaves)[1:], h._leaf_memories(leaves[1:])
+    assert np.allclose(with_first, without, atol=1e-5) == (leaf_mode == "independent")
     assert len(h.answer(idx, manual.questions[0].question).leaves) == 2
 
 

@@ -1,6 +1,6 @@
 """Invariants of the tree layout, the level sweep and routing over many random trees.
 
-Each jitted routine is compared with a plain recursive Python version of itself."""
+Each jitted routine is compared with a plain recursive Python version written from its definition."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import h2mt_jax
 from h2mt_jax.hierarchy.build import Node, number_nodes, contiguous_groups
 from h2mt_jax.hierarchy.index import append_leaves
-from h2mt_jax.hierarchy.memory import aggregate, sweep_memories
+from h2mt_jax.hierarchy.memory import sweep_memories
 from h2mt_jax.hierarchy.route import beam_route, flat_route
 from h2mt_jax.hierarchy.tree import pad_tree, padded_ids
 
@@ -62,16 +62,35 @@ def _jit_sweep(kind, spec, fanout, leaf_mem, params, model=None, **pad):
     return tree, np.asarray(out)[padded_ids(spec, tree)]
 
 
+def _reference_parent(kind, kids, params, model=None):
+    """A parent's memory from its children's `[c, m, d]`, written from the definitions and not
+    with the library's `aggregate`: the mean of the children; attention: each of the `m` query
+    rows takes a softmax(q . x / sqrt(d))-weighted sum over all `c * m` child vectors; backbone:
+    the final hidden states at `m` write tokens placed after the children's vectors, from one
+    plain causal forward of the backbone."""
+    c, m, d = kids.shape
+    flat = kids.reshape(c * m, d).astype(np.float64)
+    if kind == "mean":
+        return flat.reshape(c, m, d).mean(0)
+    if kind == "attention":
+        q = np.asarray(params["agg_query"], np.float64)  # [m, d]
+        s = q @ flat.T / np.sqrt(d)
+        p = np.exp(s - s.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True)) @ flat
+    write = np.asarray(params["agg_write"], np.float32)
+    x = np.concatenate([kids.reshape(c * m, d).astype(np.float32), write])[None]
+    return np.asarray(model(jnp.asarray(x))[0])[0, c * m:]
+
+
 def _recursive(kind, spec, leaf_mem, params, model=None):
-    """Post-order recursion, one node at a time."""
+    """Post-order recursion, one node at a time, with the independent `_reference_parent`."""
     out = {}
 
     def visit(n):
         if n < spec.n_leaves:
             return leaf_mem[n]
-        kids = np.stack([visit(c) for c in spec.children[n]])[None]  # [1, c, m, d]
-        out[n] = np.asarray(aggregate(model, params, kind, jnp.asarray(kids),
-                                      jnp.ones(kids.shape[:2], bool)))[0]
+        kids = np.stack([visit(c) for c in spec.children[n]])  # [c, m, d]
+        out[n] = _reference_parent(kind, kids, params, model).astype(np.float32)
         return out[n]
 
     visit(spec.root)

