@@ -43,8 +43,8 @@ from h2mt_jax.generation.kv_prompt import write_segment
 from h2mt_jax.hierarchy.memory_loss import encode_write
 from h2mt_jax.hierarchy.route import MASKED, query_embedding, score_nodes
 from h2mt_jax.hierarchy.tree import Tree
-from h2mt_jax.hmt.loss import token_nll
 
+ANSWER_SLOTS = 64  # labelled positions the vocabulary projection runs on (answer + end token)
 GOLD_BONUS = 1e4  # added to gold leaves' scores when choosing the answer's leaves (teacher forcing)
 
 
@@ -124,21 +124,27 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
     n_mem = cfg.k * cfg.mem_tokens
 
     def nll(seq, labels):
+        """(mean NLL of the labels, log-probs `[A, V]` and labels `[A]` at the labelled
+        positions): the vocabulary projection runs on at most `ANSWER_SLOTS` positions."""
         hidden = _answer_hidden(answer_model, params, mode, seq, ex["pre_ids"], ex["mem_start"],
                                 n_mem, chosen, keys, values)
-        logits = answer_model.logits(hidden)
-        total, count = token_nll(logits, labels)
-        return total / jnp.maximum(count, 1), logits
+        a = min(ANSWER_SLOTS, labels.shape[0])
+        (pos,) = jnp.nonzero(labels >= 0, size=a, fill_value=0)
+        lab = jnp.where(jnp.arange(a) < jnp.sum(labels >= 0), labels[pos], -1)
+        logp = jax.nn.log_softmax(answer_model.logits(hidden[pos]), axis=-1)
+        picked = jnp.take_along_axis(logp, jnp.maximum(lab, 0)[:, None], axis=-1)[:, 0]
+        count = jnp.sum(lab >= 0)
+        total = -jnp.sum(jnp.where(lab >= 0, picked, 0.0))
+        return total / jnp.maximum(count, 1), (logp, lab, pos)
 
-    answer, logits = nll(ex["seq_ids"], ex["labels"])
+    answer, (logp, lab, pos) = nll(ex["seq_ids"], ex["labels"])
     loss = answer + route_weight * route
     metrics = {"answer_loss": answer, "route_loss": route}
     if distill == "kl":
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        student = jnp.take_along_axis(logp, ex["t_ids"], axis=-1)  # [T, K]
-        valid = ex["labels"] >= 0
-        p_t = jnp.exp(ex["t_logp"])
-        kl = jnp.sum(p_t * (ex["t_logp"] - student), axis=-1)
+        student = jnp.take_along_axis(logp, ex["t_ids"][pos], axis=-1)  # [A, K]
+        t_logp = ex["t_logp"][pos]
+        valid = lab >= 0
+        kl = jnp.sum(jnp.exp(t_logp) * (t_logp - student), axis=-1)
         kl = jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(valid.sum(), 1)
         loss, metrics["distill_loss"] = loss + distill_weight * kl, kl
     elif distill == "tokens":
