@@ -15,9 +15,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Training
 flags.DEFINE_string("workdir", None, "Overrides config.workdir.")
 
 
-def table(results: dict) -> str:
-    """A Markdown table of the evaluation before and after training."""
-    rows = [(name, res) for name, res in (("untrained", results.get("before")),
+def table(results: dict, start: str = "") -> str:
+    """A Markdown table of the evaluation before and after training (`start`: the checkpoint
+    the run started from, which names the "before" row; else "untrained")."""
+    before = f"before ({start})" if start else "untrained"
+    rows = [(name, res) for name, res in ((before, results.get("before")),
                                           ("trained", results.get("after"))) if res]
     if not rows:
         return ""
@@ -39,7 +41,7 @@ def main(argv):
     results = train_and_evaluate(config, workdir)
     if "preempted_at" in results:
         return
-    print(table(results))
+    print(table(results, config.checkpoint))
     print(dumps({k: v for k, v in results.items() if k != "train_losses"}))
 
 
