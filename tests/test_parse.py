@@ -480,10 +480,14 @@ def test_any_text_gives_valid_spans(raw, fmt):
 
 
 # ----------------------------------------------------------------------------- scale
-def _seconds(fn, *args) -> float:
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
+def _seconds(fn, *args, repeat: int = 3) -> float:
+    """The fastest of `repeat` runs: a busy machine's preemptions only ever add time."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def test_parsing_time_grows_linearly():
