@@ -35,7 +35,7 @@ from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.io import FormatError, read_meta, write_meta
 from h2mt_jax.lm import backbone_from_config
 from h2mt_jax.shapes import bucket
-from h2mt_jax.train.trainable import init_trainable, lora_scale
+from h2mt_jax.train.trainable import H2MTTrainable, lora_scale
 
 INDEX_CACHE_FORMAT = "h2mt_jax.train_indexes/1"
 ANSWER_METHODS = {"memory": "h2mt", "memory_kv": "h2mt_memory_kv", "leaf_kv": "h2mt_leaf_kv"}
@@ -142,7 +142,7 @@ def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
     return out
 
 
-class H2MTQATask:
+class H2MTQATask(H2MTTrainable):
     name = "h2mt_qa"
 
     def __init__(self, config, lm=None, progress: bool = True, workdir: str | None = None):
@@ -272,29 +272,12 @@ class H2MTQATask:
                 .batch(t.batch_size, drop_remainder=True).map_with_index(with_mode))
 
     # -- model ------------------------------------------------------------------------------------
-    def init(self, key) -> dict:
-        tr = init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key)
-        if self.h2mt.lora is not None and "lora" in tr:
-            tr["lora"] = jax.tree.map(jnp.copy, self.h2mt.lora)
-        return tr
-
-    def frozen(self):
-        return {} if self.config.train.trainable == "all" else self.lm.params
-
     def loss(self, trainable, frozen, batch):
         t = self.config.train
         return batch_loss(trainable, frozen, self.lm.graphdef, batch, modes=self.modes,
                           cfg=self.cfg, route_weight=t.route_weight, lora_scale=lora_scale(t),
                           encode=t.encode, distill=self.distill,
                           distill_weight=float(t.get("distill_weight", 1.0)))
-
-    def model(self, trainable) -> H2MT:
-        lm = self.lm.with_params(trainable["backbone"]) if "backbone" in trainable else self.lm
-        return H2MT(lm, self.cfg, trainable["h2mt"], trainable.get("lora"),
-                    lora_scale(self.config.train))
-
-    def export(self, trainable, directory) -> None:
-        self.model(trainable).save(directory)
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, trainable, items=None) -> dict:

@@ -23,7 +23,6 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -34,7 +33,7 @@ from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.memory_loss import READ_MODES, pretrain_loss
 from h2mt_jax.lm import backbone_from_config
-from h2mt_jax.train.trainable import init_trainable, lora_scale
+from h2mt_jax.train.trainable import H2MTTrainable, lora_scale
 
 SOURCES = ("wikitext", "synthetic", "hotpotqa")
 PRE = "Text:"
@@ -81,7 +80,7 @@ def pretrain_documents(data) -> tuple[list[tuple], list[tuple]]:
     return train, held
 
 
-class MemoryLMTask:
+class MemoryLMTask(H2MTTrainable):
     """Memory pretraining: reconstruction and continuation through `m` memories per leaf."""
 
     name = "memory_lm"
@@ -167,30 +166,13 @@ class MemoryLMTask:
         return grain.MapDataset.source(batches).shuffle(seed=self.config.seed).repeat(None)
 
     # -- model ------------------------------------------------------------------------------------
-    def init(self, key) -> dict:
-        tr = init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key)
-        if self.h2mt.lora is not None and "lora" in tr:
-            tr["lora"] = jax.tree.map(jnp.copy, self.h2mt.lora)
-        return tr
-
-    def frozen(self):
-        return {} if self.config.train.trainable == "all" else self.lm.params
-
     def loss(self, trainable, frozen, batch):
         return pretrain_loss(trainable, frozen, self.lm.graphdef, batch,
                              lora_scale=lora_scale(self.config.train))
 
-    def model(self, trainable) -> H2MT:
-        lm = self.lm.with_params(trainable["backbone"]) if "backbone" in trainable else self.lm
-        return H2MT(lm, self.cfg, trainable["h2mt"], trainable.get("lora"),
-                    lora_scale(self.config.train))
-
-    def export(self, trainable, directory) -> None:
-        self.model(trainable).save(directory)
-
     def evaluate(self, trainable, items=None) -> dict:
-        """Mean NLL per token (and its perplexity) of the held-out leaves for every (mode,
-        objective), and reconstruction token accuracy (teacher-forced argmax)."""
+        """Mean NLL per target token of the held-out leaves for every (reading, objective):
+        `memory_recon_nll`, `memory_kv_cont_nll`, ... (at most `eval.max_examples` examples)."""
         start = time.perf_counter()
         docs = self.eval_docs or self.train_docs[-2:]
         batches = self.examples(docs, self.config.seed + 1)

@@ -28,3 +28,28 @@ def init_trainable(params_tree: dict, lm, t, key) -> dict:
     if t.trainable == "all":
         out["backbone"] = jax.tree.map(jnp.copy, lm.params)
     return out
+
+
+class H2MTTrainable:
+    """What the H²MT tasks (`h2mt_qa`, `memory_lm`) share: the trainable pytree from their
+    `h2mt` (a loaded checkpoint's decoder adapters carried over), the frozen backbone, the H2MT
+    of a trained pytree and its export. Needs `config`, `lm`, `h2mt` and `cfg`."""
+
+    def init(self, key) -> dict:
+        tr = init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key)
+        if self.h2mt.lora is not None and "lora" in tr:
+            tr["lora"] = jax.tree.map(jnp.copy, self.h2mt.lora)
+        return tr
+
+    def frozen(self):
+        return {} if self.config.train.trainable == "all" else self.lm.params
+
+    def model(self, trainable):
+        from h2mt_jax.hierarchy.h2mt import H2MT
+
+        lm = self.lm.with_params(trainable["backbone"]) if "backbone" in trainable else self.lm
+        return H2MT(lm, self.cfg, trainable["h2mt"], trainable.get("lora"),
+                    lora_scale(self.config.train))
+
+    def export(self, trainable, directory) -> None:
+        self.model(trainable).save(directory)
