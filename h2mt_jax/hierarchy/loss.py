@@ -38,9 +38,7 @@ from flax import nnx
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.memory import encoder_params, read_memories
-from h2mt_jax.generation.decode import prefill_cache
-from h2mt_jax.generation.kv_prompt import write_segment
-from h2mt_jax.hierarchy.memory_loss import encode_write
+from h2mt_jax.hierarchy.memory_loss import encode_write, kv_read
 from h2mt_jax.hierarchy.route import MASKED, query_embedding, score_nodes
 from h2mt_jax.hierarchy.tree import Tree
 
@@ -79,19 +77,11 @@ def _answer_hidden(reader, params, mode: str, seq_ids, pre_ids, mem_start, n_mem
     # [layers, k, m, kh, dh] -> one segment [layers, 1, k*m, kh, dh], leaves in order
     k = keys.reshape(keys.shape[0], 1, -1, *keys.shape[-2:])
     v = values.reshape(values.shape[0], 1, -1, *values.shape[-2:])
-    h = _prefix_read(reader, pre_ids, mem_start, k, v, post)  # [t, d] for `rest`
+    start = jnp.reshape(mem_start, (1,)).astype(jnp.int32)
+    h = kv_read(reader, pre_ids[None], start, k, v, post)[0]  # [t, d] for `rest`
     # back to `seq_ids` positions: rest[j] sits at mem_start + n_mem + j
     idx = jnp.arange(t) - mem_start - n_mem
     return jnp.where((idx >= 0)[:, None], h[jnp.clip(idx, 0, t - 1)], 0.0)
-
-
-def _prefix_read(reader, pre_ids, mem_start, keys, values, post):
-    """`post`'s hidden states after `pre_ids[:mem_start]` and a KV segment."""
-    p, n, t = pre_ids.shape[0], keys.shape[2], post.shape[1]
-    start = jnp.reshape(mem_start, (1,)).astype(jnp.int32)
-    _, cache = prefill_cache(reader, reader.embed(pre_ids[None]), start, p + n + t)
-    cache = write_segment(cache, keys, values, start, reader.cfg)
-    return reader(post, cache=cache)[0][0]
 
 
 def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H2MTConfig,

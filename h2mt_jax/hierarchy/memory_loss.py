@@ -58,16 +58,24 @@ def read_hidden(model, params, mode: str, pre: Int[Array, "b p"], mem: Float[Arr
     the memories read as `mode` ("memory": `mem` as embeddings; "memory_kv": `keys`/`values`
     as a KV segment). Every row's `pre` has the full length `p`."""
     b, p = pre.shape
-    n, s = mem.shape[1], post_embeds.shape[1]
+    n = mem.shape[1]
     if mode == "memory":
         x = jnp.concatenate([model.embed(pre), read_memories(params, mem).astype(model.dtype),
                              post_embeds.astype(model.dtype)], axis=1)
         return model(x)[0][:, p + n:]
     if mode != "memory_kv":
         raise ValueError(f"mode must be one of {READ_MODES}, got {mode!r}")
-    full = jnp.full((b,), p, jnp.int32)
-    _, cache = prefill_cache(model, model.embed(pre), full, p + n + s)
-    cache = write_segment(cache, keys, values, full, model.cfg)
+    return kv_read(model, pre, jnp.full((b,), p, jnp.int32), keys, values, post_embeds)
+
+
+def kv_read(model, pre: Int[Array, "b p"], pre_len: Int[Array, "b"],
+            keys: Float[Array, "layers b n kh dh"], values: Float[Array, "layers b n kh dh"],
+            post_embeds: Float[Array, "b s d"]) -> Float[Array, "b s d"]:
+    """`post`'s hidden states after each row's first `pre_len[b]` tokens of `pre` and a KV
+    segment written right after them (the `memory_kv` reading, differentiable)."""
+    p, n, s = pre.shape[1], keys.shape[2], post_embeds.shape[1]
+    _, cache = prefill_cache(model, model.embed(pre), pre_len, p + n + s)
+    cache = write_segment(cache, keys, values, pre_len, model.cfg)
     return model(post_embeds, cache=cache)[0]
 
 
