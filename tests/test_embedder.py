@@ -45,3 +45,25 @@ def test_embeddings_equal_transformers_bert(model_dir):
 def test_bad_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         SentenceEmbedder.load(str(tmp_path))
+
+
+def test_one_question_is_one_row_and_batches_agree(model_dir, monkeypatch):
+    # A question at routing time is embedded alone: it must not be padded to a 32-row batch
+    # (that made dense routing cost 32x what one question needs), and the row padding must not
+    # change any embedding.
+    import h2mt_jax.embedder as emb
+
+    e = SentenceEmbedder.load(model_dir)
+    together = e.embed(TEXTS)
+    shapes = []
+    real = emb._encode
+    monkeypatch.setattr(emb, "_encode", lambda p, c, ids, m: shapes.append(ids.shape)
+                        or real(p, c, ids, m))
+    alone = np.concatenate([e.embed([t]) for t in TEXTS])
+    assert [s[0] for s in shapes] == [1] * len(TEXTS)
+    assert np.abs(alone - together).max() < 1e-5
+    three = e.embed(TEXTS[:3])
+    assert shapes[-1][0] == 4 and np.abs(three - together[:3]).max() < 1e-5
+    assert [emb.rows_bucket(n) for n in (1, 2, 3, 5, 32)] == [1, 2, 4, 8, 32]
+    with pytest.raises(ValueError, match="1..32"):
+        emb.rows_bucket(33)
