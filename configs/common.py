@@ -65,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.w_dense = 1.0
     c.h2mt.w_memory = 0.0
     c.h2mt.bm25_inner = "max"  # max | subtree: an inner node's BM25
-    c.h2mt.hops = 1  # 1 | 2: a second hop with the first hop's best leaf's text (bridges)
+    c.h2mt.hops = 1  # 1 | 2: a second hop for bridge questions (hierarchy/hops.py)
+    c.h2mt.hop_query = "bridge"  # leaf | sentence | bridge: what the second hop routes with
+    c.h2mt.hop_gate = 0.0  # the second hop fires from this BM25 margin of the best leaf (0: always)
     c.h2mt.enc_lora_rank = 0  # LoRA rank of the memory encoder (leaf and parent passes); 0: none
 
     c.hmt = ml_collections.ConfigDict()
@@ -111,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.before_training = False  # also evaluate the untrained parameters
+    c.eval.after_training = True  # evaluate the trained parameters (False: train and export only)
     c.eval.max_examples = 0  # 0: all
     c.eval.max_new_tokens = 0  # 0: the dataset's LongBench generation length
     c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods

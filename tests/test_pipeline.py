@@ -57,12 +57,15 @@ def test_unknown_variant():  # unknown fields on the command line: tests/test_cl
 
 
 def _tiny_run(tmp_path, steps, stop_after=0, workdir="run"):
+    """Training alone (no evaluation: the demo test above covers it)."""
     from h2mt_jax.train.trainer import train_and_evaluate
 
     c = load_config("demo", "tiny")
     c.train.steps, c.train.stop_after, c.train.checkpoint_every = steps, stop_after, 2
-    c.eval.max_examples = 1
-    return train_and_evaluate(c, str(tmp_path / workdir), progress=False)
+    c.eval.before_training = c.eval.after_training = False
+    results = train_and_evaluate(c, str(tmp_path / workdir), progress=False)
+    assert "before" not in results and "after" not in results
+    return results
 
 
 def _losses(workdir):
@@ -117,7 +120,8 @@ import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 from configs.demo import get_config
 from h2mt_jax.train import trainer
-c = get_config("tiny"); c.train.steps = 50; c.train.checkpoint_every = 1000; c.eval.max_examples = 1
+c = get_config("tiny"); c.train.steps = 50; c.train.checkpoint_every = 1000
+c.eval.before_training = c.eval.after_training = False
 orig = trainer.MetricsLogger.write
 def write(self, step, scalars, prefix="train"):
     orig(self, step, scalars, prefix)
@@ -161,14 +165,21 @@ def test_evaluate_contract_resume_and_outputs(tmp_path, smollm2):
                 "build_s"} <= set(s)
     assert (tmp_path / "eval" / "out.md").read_text().startswith("| method |")
     assert (tmp_path / "eval" / "out.png").stat().st_size > 1000
-    # An interrupted run resumes: a partial file with one done example is not redone
+    # An interrupted run resumes: a partial file with one done example is not redone (in-process:
+    # the command line ran above; this is the same run_evaluation with the same settings)
+    from h2mt_jax.eval.runner import run_evaluation
+
     done = res["examples"][0]
     partial = str(out) + ".partial.jsonl"
     with open(partial, "w") as f:
         f.write(json.dumps({**done, "prediction": "KEPT"}) + "\n")
         f.write('{"method": "rag_bm25", "id": "cut-off-line')  # a line cut by the crash
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    c = load_config("longbench", "tiny")
+    c.data.path, c.method, c.output, c.eval.max_examples = str(data), "rag_bm25,h2mt", str(out), 2
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        run_evaluation(c, progress=False)
+    assert any("1 line(s) not reused" in str(x.message) for x in w)  # the cut line
     again = json.loads(out.read_text())
     kept = [e for e in again["examples"] if e["id"] == done["id"] and e["method"] == done["method"]]
     assert len(kept) == 1 and kept[0]["prediction"] == "KEPT"
@@ -182,22 +193,20 @@ def test_evaluate_bad_inputs(tmp_path, smollm2):
     bad.write_text(json.dumps(good) + "\n{not json\n"
                    + json.dumps({**good, "_id": "g2", "answers": []}) + "\n"
                    + json.dumps({**good, "_id": "g3"}) + "\n")
-    base = [sys.executable, "evaluate.py", "--config=configs/longbench.py:tiny",
-            f"--config.data.path={bad}", f"--config.output={tmp_path / 'o.json'}"]
-    r = subprocess.run(base + ["--config.method=rag_bm25"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "bad.jsonl" in r.stderr and "line 2" in r.stderr  # the malformed line is reported
-    res = json.loads((tmp_path / "o.json").read_text())
-    assert sorted(e["id"] for e in res["examples"]) == ["g1", "g3"]  # the rest is kept
-    # the rest in-process (the command line's one-line errors: tests/test_cli_io.py)
-    from h2mt_jax.data.records import DataError
+    # in-process (the command line itself: test_evaluate_contract_resume_and_outputs, and its
+    # one-line errors: tests/test_cli_io.py)
+    from h2mt_jax.data.records import DataError, DataWarning
     from h2mt_jax.eval.runner import run_evaluation
     from h2mt_jax.hierarchy.config import H2MTConfig
     from h2mt_jax.hierarchy.h2mt import H2MT
 
     c = load_config("longbench", "tiny")
-    c.data.path, c.output, c.method = str(bad), str(tmp_path / "o2.json"), "rag_bm25"
+    c.data.path, c.output, c.method = str(bad), str(tmp_path / "o.json"), "rag_bm25"
+    with pytest.warns(DataWarning, match="bad.jsonl.*line 2"):  # the malformed line is reported
+        run_evaluation(c, progress=False)
+    res = json.loads((tmp_path / "o.json").read_text())
+    assert sorted(e["id"] for e in res["examples"]) == ["g1", "g3"]  # the rest is kept
+    c.output = str(tmp_path / "o2.json")
     c.data.on_error = "stop"
     with pytest.raises(DataError, match="bad.jsonl:2"):
         run_evaluation(c, progress=False)

@@ -163,11 +163,12 @@ def train_and_evaluate(config, workdir: str, task=None, progress: bool = True) -
     trained = jax.device_get(state["trainable"])
     task.export(trained, os.path.join(workdir, "model"))
     results["train_losses"] = losses
-    results["after"] = task.evaluate(trained)
-    logger = MetricsLogger(workdir)
-    logger.write(int(t.steps), {k: v for k, v in results["after"].items()
-                                if isinstance(v, (int, float))}, prefix="eval")
-    logger.close()
+    if config.eval.get("after_training", True):
+        results["after"] = task.evaluate(trained)
+        logger = MetricsLogger(workdir)
+        logger.write(int(t.steps), {k: v for k, v in results["after"].items()
+                                    if isinstance(v, (int, float))}, prefix="eval")
+        logger.close()
     write_json(os.path.join(workdir, "results.json"),
                {k: v for k, v in results.items() if k != "train_losses"})
     return results
