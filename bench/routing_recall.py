@@ -8,11 +8,15 @@
   split into single-evidence and two-hop questions.
 Scores: memory (the learned score; untrained unless --checkpoint), bm25, dense
 (all-MiniLM-L6-v2), fused (weighted min-max sum of bm25 and dense, optionally + memory) and
-fused_rrf (reciprocal-rank fusion), each with beam and flat routing; BM25 over the leaves
-(`rag_bm25`'s ranking) and the oracle beside them. Also: routing latency (question encoding +
-scoring + beam) at 2k and 32k document tokens. Prints JSON.
+fused_rrf (reciprocal-rank fusion), each with beam and flat routing, one hop and two (the
+second hop's query built three ways, `h2mt.hop_query`, and one gated variant, `h2mt.hop_gate`,
+with how often its second hop fired); BM25 over the leaves (`rag_bm25`'s ranking) and the oracle
+beside them. Every k routes on its own (a beam of width k). HotpotQA is also split by question
+type (bridge, comparison). Also: routing latency (question encoding + scoring + beam) at 2k and
+32k document tokens. Prints JSON.
 
     python bench/routing_recall.py [--first 70] [--limit 30] [--checkpoint DIR]
+                                   [--index-cache DIR]   # reuse built indexes on the next run
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -28,19 +31,28 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+ONE_HOP = {"hops": 1, "fuse": "weighted", "w_bm25": 1.0, "w_dense": 1.0, "w_memory": 0.0}
+RRF_2HOP = {"route_score": "fused", "fuse": "rrf", "hops": 2}
 SCORES = {"memory": {"route_score": "memory"}, "bm25": {"route_score": "bm25"},
           "dense": {"route_score": "dense"}, "fused": {"route_score": "fused"},
           "fused_rrf": {"route_score": "fused", "fuse": "rrf"},
           "fused_memory": {"route_score": "fused", "w_memory": 0.5},
           "bm25_2hop": {"route_score": "bm25", "hops": 2},
-          "fused_2hop": {"route_score": "fused", "hops": 2}}
+          "fused_2hop": {"route_score": "fused", "hops": 2},
+          "fused_rrf_2hop": RRF_2HOP,
+          "fused_rrf_2hop_sentence": {**RRF_2HOP, "hop_query": "sentence"},
+          "fused_rrf_2hop_leaf": {**RRF_2HOP, "hop_query": "leaf"},
+          "fused_rrf_2hop_gate": {**RRF_2HOP, "hop_gate": 0.3}}
+SCORES = {name: {**ONE_HOP, "hop_query": "bridge", "hop_gate": 0.0, **kw}  # explicit: nothing
+          for name, kw in SCORES.items()}                                  # from a checkpoint
 
 
 def bm25_rank(texts: list[str], question: str) -> list[int]:
     from rank_bm25 import BM25Okapi
 
-    tok = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
-    scores = BM25Okapi([tok(t) or ["_"] for t in texts]).get_scores(tok(question))
+    from h2mt_jax.data.terms import terms
+
+    scores = BM25Okapi([terms(t) or ["_"] for t in texts]).get_scores(terms(question))
     return sorted(range(len(texts)), key=lambda i: -scores[i])
 
 
@@ -58,6 +70,8 @@ def main():
     ap.add_argument("--scores", default=",".join(SCORES))
     ap.add_argument("--manuals", type=int, default=4)
     ap.add_argument("--latency", default="2048,32768")
+    ap.add_argument("--index-cache", default=None,
+                    help="keep built indexes here and reuse them on the next run")
     args = ap.parse_args()
 
     import numpy as np
@@ -82,34 +96,67 @@ def main():
     methods = [f"{s}_{r}" for s in routers for r in ("beam", "flat")] + ["bm25_leaves", "oracle"]
 
     def ranked_by(index, question, gold_leaves):
-        out = {f"{s}_{r}": index.leaf_ids(h.route(index, question, k=kmax, route=r)[0].leaves)
-               for s, h in routers.items() for r in ("beam", "flat")}
-        out["bm25_leaves"] = bm25_rank(index.leaf_texts, question)
-        out["oracle"] = gold_leaves
+        """{method: {k: the leaves it selects when asked for k}}: every k routes on its own
+        (a beam of width k; with hops=2 the second hop's share depends on k)."""
+        out = {}
+        for s, h in routers.items():
+            for r in ("beam", "flat"):
+                out[f"{s}_{r}"] = {}
+                for k in ks:
+                    route, timings = h.route(index, question, k=k, route=r)
+                    out[f"{s}_{r}"][k] = index.leaf_ids(route.leaves)
+                    if h.config.hops == 2 and r == "beam" and k == 2:
+                        fired[s].append(timings.get("hops", 1) == 2)
+        bm25 = bm25_rank(index.leaf_texts, question)
+        out["bm25_leaves"] = {k: bm25 for k in ks}
+        out["oracle"] = {k: gold_leaves for k in ks}
         return out
 
+    def build(key, text, **kw):
+        """An index, kept under --index-cache (keyed by the parameters) to rerun the bench cheaply."""
+        if not args.index_cache:
+            return base.build(text, **kw)
+        path = os.path.join(args.index_cache, (args.checkpoint or "untrained").replace("/", "_"),
+                            key)
+        if os.path.isdir(path):
+            return base.load_index(path, lm)
+        index = base.build(text, **kw)
+        base.save_index(index, path)
+        return index
+
+    fired = {s: [] for s in routers}  # whether the second hop fired (hops=2, beam, k=2)
     out = {"bench": "routing_recall", "parameters": args.checkpoint or "untrained (seed 0)",
-           "scores": {s: SCORES[s] for s in routers}}
+           "scores": {s: SCORES[s] for s in routers}, "command": " ".join(sys.argv)}
     path = os.path.join(ROOT, "..", "shared", "data", "hotpotqa",
                         "hotpot_dev_distractor_first100.json")
     if os.path.isfile(path):
         with open(path) as f:
             records = json.load(f)[args.first:args.first + args.limit]
         sums = {m: {k: [] for k in ks} for m in methods}
+        by_type = {m: {} for m in methods}  # HotpotQA's question types: bridge, comparison
         t0 = time.perf_counter()
         for rec in records:
             text, outline = hotpotqa.parse_hotpotqa(rec)
-            index = base.build(text, outline=outline)
+            index = build(f"hotpotqa-{rec['_id']}", text, outline=outline)
             titles = [index.spec.titles[i] for i in range(index.spec.n_leaves)]
             gold = set(rec["supporting_facts"]["title"])
             gold_leaves = index.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
             for m, ranked in ranked_by(index, rec["question"], gold_leaves).items():
                 for k in ks:
-                    sums[m][k].append(passage_recall(titles, ranked, gold, k))
+                    sums[m][k].append(passage_recall(titles, ranked[k], gold, k))
+                    by_type[m].setdefault(rec.get("type", "unknown"), {}).setdefault(
+                        k, []).append(sums[m][k][-1])
         out["hotpotqa"] = {"records": f"{args.first}..{args.first + len(records) - 1}",
                            "recall": {m: {f"@{k}": float(np.mean(v[k])) for k in ks}
                                       for m, v in sums.items()},
+                           "recall_by_type": {m: {t: {f"@{k}": float(np.mean(x[k])) for k in ks}
+                                                  | {"n": len(x[ks[0]])}
+                                                  for t, x in v.items()}
+                                              for m, v in by_type.items()},
                            "seconds": time.perf_counter() - t0}
+        out["hotpotqa"]["second_hop_fired"] = {s: float(np.mean(v)) for s, v in fired.items() if v}
+        for v in fired.values():
+            v.clear()
     else:
         out["hotpotqa"] = f"skipped: {path} is absent"
 
@@ -118,18 +165,19 @@ def main():
     indexes = {}
     for it in items:
         if it.doc_id not in indexes:
-            indexes[it.doc_id] = base.build(it.context, fmt="markdown")
+            indexes[it.doc_id] = build(f"manual-{it.doc_id}", it.context, fmt="markdown")
         index = indexes[it.doc_id]
         gold = set(index.leaves_for_spans(it.gold_spans))
         kind = "one" if len(gold) == 1 else "multi"
         for m, ranked in ranked_by(index, it.question, sorted(gold)).items():
             for k in ks:
-                rows[m][kind][k].append(leaf_recall(gold, ranked, k))
+                rows[m][kind][k].append(leaf_recall(gold, ranked[k], k))
     out["manuals"] = {"questions": len(items), "recall": {
         m: {kind: {f"@{k}": float(np.mean(v[kind][k])) for k in ks} | {"n": len(v[kind][ks[0]])}
             for kind in ("one", "multi")} | {
             "all@2": float(np.mean(v["one"][2] + v["multi"][2])) if 2 in ks else None}
-        for m, v in rows.items()}}
+        for m, v in rows.items()},
+        "second_hop_fired": {s: float(np.mean(v)) for s, v in fired.items() if v}}
 
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from ttft import make_document

@@ -128,3 +128,34 @@ def test_two_hops_find_the_bridge_leaf(lm):
     assert timings["hops"] == 2
     assert index.leaf_ids(np.asarray(r.leaves)) == [pump, bridge]
     assert two.answer(index, q, k=2, route="flat", max_new_tokens=2).leaves == [pump, bridge]
+
+
+def test_the_second_hop_query_carries_the_bridge_not_the_first_topic(lm):
+    # Bridge questions of a synthetic manual: the first leaf's best-matching sentence names the
+    # bridge entity; the "bridge" query keeps it and the question's unresolved terms, and drops
+    # the topic both share (the product), which would pull the first leaf's neighbours back.
+    from h2mt_jax.hierarchy.hops import bridge_sentence, second_hop_query
+    from h2mt_jax.data.terms import words
+
+    manual = generate_manual(16, chapters=4)
+    h = _h2mt(lm, route_score="bm25")
+    index = h.build(manual.text, fmt="markdown")
+    chains = [q for q in manual.questions if q.hops == 2]
+    assert len(chains) >= 3
+    found = []
+    for q in chains:
+        first = index.leaves_for_spans(q.gold_spans[:1])[0]
+        second = index.leaves_for_spans(q.gold_spans[1:])[0]
+        sentence = bridge_sentence(index, first, q.question)
+        assert q.bridge in sentence and sentence in manual.text
+        query = set(words(second_hop_query(index, first, q.question, "bridge")))
+        assert set(words(q.bridge)) <= query
+        assert not set(words(q.question)) & set(words(sentence)) & query
+        assert set(words(second_hop_query(index, first, q.question, "sentence"))) >= set(
+            words(sentence))
+        scores = bm25_scores(index, " ".join(query))[:index.spec.n_leaves]
+        scores[first] = -np.inf  # the second hop reads other leaves than the first
+        found.append(int(np.argmax(scores)) == second)
+    assert np.mean(found) >= 2 / 3
+    with pytest.raises(ValueError, match="hop_query must be one of"):
+        H2MTConfig(hop_query="entity")

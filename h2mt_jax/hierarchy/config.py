@@ -15,12 +15,14 @@ KV_STORES = ("none", "bfloat16", "int8", "float32")
 ROUTE_SCORES = ("memory", "bm25", "dense", "fused")
 FUSIONS = ("weighted", "rrf")
 BM25_INNER = ("max", "subtree")
+HOP_QUERIES = ("leaf", "sentence", "bridge")  # see hierarchy/hops.py
 
 
 # Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
 # a config may set them over a checkpoint's (`explicit_overrides`).
 INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
-                    "route_score", "fuse", "w_bm25", "w_dense", "w_memory", "bm25_inner", "hops")
+                    "route_score", "fuse", "w_bm25", "w_dense", "w_memory", "bm25_inner", "hops",
+                    "hop_query", "hop_gate")
 
 
 def explicit_overrides(section) -> dict:
@@ -53,8 +55,12 @@ class H2MTConfig:
     "bm25", "dense" (all-MiniLM-L6-v2 cosine) or "fused" (`fuse` = "weighted" min-max
     normalised sum, or "rrf" reciprocal-rank fusion, with weights `w_bm25`, `w_dense`,
     `w_memory`); bm25_inner: an inner node's BM25 is the "max" over its children or its
-    "subtree" text's (see `hierarchy.node_scores`). hops: 2 routes a second time with the
-    question plus the first hop's best leaf's text (bridge questions; `H2MT.route`).
+    "subtree" text's (see `hierarchy.node_scores`). hops: 2 routes a second time for bridge
+    questions (`H2MT.route`), with the query `hop_query` builds from the question and the first
+    hop's best leaf: "leaf" (its whole text), "sentence" (its sentence that best matches the
+    question) or "bridge" (the terms that sentence and the question do not share; see
+    `hierarchy.hops`); hop_gate: the second hop fires only when the best leaf's BM25 margin
+    over the next (`hops.hop_margin`) is at least this (0: always).
     enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
     backbone for the leaf and parent passes only; 0: the memory passes run the frozen backbone);
     the answer pass's (decoder) adapters are `H2MT.lora`."""
@@ -77,6 +83,8 @@ class H2MTConfig:
     w_memory: float = 0.0
     bm25_inner: str = "max"
     hops: int = 1
+    hop_query: str = "bridge"
+    hop_gate: float = 0.0
     enc_lora_rank: int = 0
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 
@@ -88,7 +96,8 @@ class H2MTConfig:
                                      ("kv_store", self.kv_store, KV_STORES),
                                      ("route_score", self.route_score, ROUTE_SCORES),
                                      ("fuse", self.fuse, FUSIONS),
-                                     ("bm25_inner", self.bm25_inner, BM25_INNER)):
+                                     ("bm25_inner", self.bm25_inner, BM25_INNER),
+                                     ("hop_query", self.hop_query, HOP_QUERIES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.enc_lora_rank < 0:
@@ -101,6 +110,8 @@ class H2MTConfig:
             raise ValueError("mem_tokens, k, recall_dim and leaf_batch must be >= 1")
         if self.hops not in (1, 2):
             raise ValueError(f"hops must be 1 or 2, got {self.hops!r}")
+        if not 0.0 <= self.hop_gate <= 1.0:
+            raise ValueError(f"hop_gate is a margin in [0, 1], got {self.hop_gate!r}")
         if min(self.w_bm25, self.w_dense, self.w_memory) < 0:
             raise ValueError("w_bm25, w_dense and w_memory must be >= 0")
         self.score_weights()  # a fused score needs a positive weight

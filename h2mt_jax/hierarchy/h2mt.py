@@ -24,6 +24,7 @@ from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import build_spec
 from h2mt_jax.hierarchy.config import ANSWER_MODES, H2MTConfig
+from h2mt_jax.hierarchy.hops import hop_margin, second_hop_query
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
@@ -248,10 +249,13 @@ class H2MT:
               gold_leaves: list[int] | None = None) -> tuple[Route | None, dict]:
         """Routes a question: (the `Route` or None for the oracle, timings).
 
-        With `config.hops=2` a second hop routes the question followed by the text of the first
-        hop's best leaf (what a bridge question's second leaf names), and the answer reads the
-        first hop's `ceil(k/2)` best leaves, then the second hop's best other leaves up to `k`
-        (`timings["hops"]`; the second hop always fires: no gate yet)."""
+        With `config.hops=2` a second hop routes with what the first hop's best leaf adds to
+        the question (`config.hop_query`, `hierarchy.hops.second_hop_query`: for a bridge
+        question, the bridge entity its second leaf names), and the answer reads the first
+        hop's `ceil(k/2)` best leaves, then the second hop's best other leaves up to `k`.
+        `config.hop_gate` > 0 fires the second hop only when the question's best leaf stands
+        out (`hierarchy.hops.hop_margin` at least the gate); `timings["hops"]` says whether it
+        fired."""
         kind = route or self.config.route
         k = k or self.config.k
         if kind == "oracle":
@@ -261,8 +265,10 @@ class H2MT:
         r, timings = self._route_once(index, question, k, kind)
         if self.config.hops == 1 or index.spec.n_leaves <= k:
             return r, timings
+        if self.config.hop_gate > 0 and hop_margin(index, question) < self.config.hop_gate:
+            return r, {**timings, "hops": 1}  # two leaves match the question alike: one hop
         first = index.leaf_ids(np.asarray(r.leaves))
-        expanded = question + "\n" + index.leaf_texts[first[0]]
+        expanded = second_hop_query(index, first[0], question, self.config.hop_query)
         r2, t2 = self._route_once(index, expanded, k, kind)
         keep = first[:(k + 1) // 2]
         leaves = keep + [i for i in index.leaf_ids(np.asarray(r2.leaves)) if i not in keep]

@@ -2,7 +2,8 @@
 sentence embedder) and their fusion with the learned memory score.
 
 - `bm25`: Okapi BM25 (`rank_bm25`) of the question against each leaf's text (its heading path
-  included), with the term statistics of the document's own leaves. An inner node scores the max
+  included), over stemmed terms (`data.terms`), with the term statistics of the document's own
+  leaves. An inner node scores the max
   over its children (`bm25_inner="max"`) or BM25 of its whole subtree's text against the
   corpus of all nodes' texts (`"subtree"`).
 - `dense`: cosine between the question's and each node's all-MiniLM-L6-v2 embedding; a leaf
@@ -16,19 +17,13 @@ Per-node arrays arrive padded like the tree, so the beam keeps its static shapes
 
 from __future__ import annotations
 
-import re
-
 import jax.numpy as jnp
 import numpy as np
 
+from h2mt_jax.data.terms import terms
 from h2mt_jax.hierarchy.route import MASKED
 
 RRF_K = 60.0
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (BM25's terms; the same as the `rag_bm25` baseline's)."""
-    return re.findall(r"\w+", text.lower())
 
 
 def leaf_texts(index) -> list[str]:
@@ -40,7 +35,7 @@ def leaf_texts(index) -> list[str]:
     return out
 
 
-def _bm25(index, inner: str):
+def bm25_model(index, inner: str):
     """The document's BM25 statistics (`rank_bm25.BM25Okapi`) over its leaves ("max") or all its
     nodes' texts ("subtree"): built once per index and kept on it, not once per question."""
     from rank_bm25 import BM25Okapi
@@ -53,14 +48,14 @@ def _bm25(index, inner: str):
         if inner == "subtree":
             texts = texts + [" ".join(texts[i] for i in spec.leaves_under(n))
                              for n in range(spec.n_leaves, spec.n_nodes)]
-        cache[inner] = BM25Okapi([words(t) or ["_"] for t in texts])
+        cache[inner] = BM25Okapi([terms(t) or ["_"] for t in texts])
     return cache[inner]
 
 
 def bm25_scores(index, question: str, inner: str = "max") -> np.ndarray:
     """BM25 of `question` for every spec node `[n_nodes]` (see the module docstring)."""
     spec = index.spec
-    scores = np.asarray(_bm25(index, inner).get_scores(words(question)), np.float32)
+    scores = np.asarray(bm25_model(index, inner).get_scores(terms(question)), np.float32)
     if inner == "subtree":
         return scores
     out = np.zeros(spec.n_nodes, np.float32)

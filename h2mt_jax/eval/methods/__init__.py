@@ -25,9 +25,10 @@ Methods:
 
 from __future__ import annotations
 
+from h2mt_jax.data.terms import STOPWORDS
 from h2mt_jax.eval.methods.base import Method, MethodBase, Prediction
 from h2mt_jax.eval.methods.memory import H2MTMethod, HMTMethod
-from h2mt_jax.eval.methods.scoring import STOPWORDS, chunk_ids
+from h2mt_jax.eval.methods.scoring import chunk_ids
 from h2mt_jax.eval.methods.text import BM25RAG, Compress, DenseRAG, Full
 
 __all__ = ["BM25RAG", "Compress", "DenseRAG", "Full", "H2MTMethod", "H2MT_METHODS", "HMTMethod",

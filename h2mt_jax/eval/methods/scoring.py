@@ -4,7 +4,6 @@ hidden states, question log-likelihood per chunk, token surprisal, token chunks,
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +14,6 @@ from h2mt_jax.shapes import bucket
 from h2mt_jax.typing import Array, Float, Int
 
 ROWS = 16  # rows per batched backbone call (chunk embedding, coarse compression scores)
-STOPWORDS = frozenset("a an the of in on at to for by is are was were be what which who whom "
-                      "how when where does do did has have with from and or".split())
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _target_logprobs(graphdef, params, ids: Int[Array, "b t"], pos: Int[Array, "b n"],
                      targets: Int[Array, "b n"]) -> Float[Array, "b n"]:
@@ -89,7 +84,3 @@ def chunk_ids(tokenizer, text: str, n: int) -> list[list[int]]:
     """The text's token ids cut into consecutive chunks of `n` tokens (the last may be shorter)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [ids[i:i + n] for i in range(0, len(ids), n)] or [[]]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())

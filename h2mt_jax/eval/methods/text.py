@@ -10,8 +10,8 @@ import numpy as np
 
 from h2mt_jax.data import prompts
 from h2mt_jax.eval.methods.base import MethodBase
-from h2mt_jax.eval.methods.scoring import (STOPWORDS, chunk_ids, question_loglik,
-                                           token_surprisal, words)
+from h2mt_jax.data.terms import STOPWORDS, terms, words
+from h2mt_jax.eval.methods.scoring import chunk_ids, question_loglik, token_surprisal
 
 
 class Full(MethodBase):
@@ -60,15 +60,16 @@ class _ChunkRAG(MethodBase):
 
 
 class BM25RAG(_ChunkRAG):
-    """BM25 (rank_bm25's Okapi) over lower-cased word tokens of each chunk."""
+    """BM25 (rank_bm25's Okapi) over the stemmed terms of each chunk (`data.terms`: the same
+    terms as the `bm25` routing score)."""
 
     def _index(self, chunks, texts):
         from rank_bm25 import BM25Okapi
 
-        return BM25Okapi([words(t) or ["_"] for t in texts])
+        return BM25Okapi([terms(t) or ["_"] for t in texts])
 
     def _scores(self, index, question):
-        return index.get_scores(words(question))
+        return index.get_scores(terms(question))
 
 
 class DenseRAG(_ChunkRAG):
