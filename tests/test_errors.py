@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import h2mt_jax
-from conftest import make_tiny
+from conftest import make_tiny, tiny_lm_with
 from h2mt_jax.weights import CheckpointError, ModelNotFoundError
 
 
@@ -39,11 +39,11 @@ def test_ids_outside_vocabulary(tiny_lm):
         tiny_lm.logits(np.array([[1.5]]))
 
 
-def test_empty_and_too_long_prompts(tiny_lm, smollm2):
+def test_empty_and_too_long_prompts(tiny_lm, smollm2_tokenizer):
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         tiny_lm.generate_ids([[1, 2], []], max_new_tokens=2)
-    with pytest.raises(ValueError, match="prompt 0 is empty"):
-        smollm2.generate(["  "])
+    with pytest.raises(ValueError, match="prompt 0 is empty"):  # SmolLM2's tokenizer and chat
+        tiny_lm_with(smollm2_tokenizer).generate(["  "])       # template, no 135M weights
     with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
         tiny_lm.generate_ids([[1] * 500], max_new_tokens=20)
     with pytest.raises(ValueError, match="513 tokens exceed"):

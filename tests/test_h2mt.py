@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import h2mt_jax
-from conftest import shared_data
+from conftest import shared_data, tiny_lm_with
 from h2mt_jax.data import hotpotqa
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.hierarchy import parse
@@ -25,13 +24,9 @@ from h2mt_jax.hierarchy.tree import padded_ids
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(smollm2):
-    lm = h2mt_jax.random_lm(seed=1, vocab_size=smollm2.config.vocab_size, hidden_size=32,
-                            intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                            head_dim=16, max_position_embeddings=2048)
-    lm.tokenizer = smollm2.tokenizer
-    lm.config = lm.config.__class__(**{**lm.config.to_dict(),
-                                       "eos_token_ids": smollm2.config.eos_token_ids})
+def tiny_lm(smollm2_tokenizer):  # the tokenizer alone: no 135M weights loaded
+    lm = tiny_lm_with(smollm2_tokenizer, seed=1)
+    assert lm.config.eos_token_ids == (smollm2_tokenizer.eos_token_id,)
     return lm
 
 
