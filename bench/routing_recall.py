@@ -13,7 +13,8 @@ second hop's query built three ways, `h2mt.hop_query`, and one gated variant, `h
 with how often its second hop fired); BM25 over the leaves (`rag_bm25`'s ranking) and the oracle
 beside them. Every k routes on its own (a beam of width k). HotpotQA is also split by question
 type (bridge, comparison). Also: routing latency (question encoding + scoring + beam) at 2k and
-32k document tokens. Prints JSON.
+32k document tokens, and on the 32k document the time to first token of a few routers' answers
+(routing included) in the same run. Prints JSON.
 
     python bench/routing_recall.py [--first 70] [--limit 30] [--checkpoint DIR]
                                    [--index-cache DIR]   # reuse built indexes on the next run
@@ -42,9 +43,14 @@ SCORES = {"memory": {"route_score": "memory"}, "bm25": {"route_score": "bm25"},
           "fused_rrf_2hop": RRF_2HOP,
           "fused_rrf_2hop_sentence": {**RRF_2HOP, "hop_query": "sentence"},
           "fused_rrf_2hop_leaf": {**RRF_2HOP, "hop_query": "leaf"},
-          "fused_rrf_2hop_gate": {**RRF_2HOP, "hop_gate": 0.3}}
-SCORES = {name: {**ONE_HOP, "hop_query": "bridge", "hop_gate": 0.0, **kw}  # explicit: nothing
-          for name, kw in SCORES.items()}                                  # from a checkpoint
+          "fused_rrf_2hop_gate": {**RRF_2HOP, "hop_gate": 0.3},
+          "fused_fit": {"route_score": "fused", "w_dense": 1.5},
+          "fused_fit_2hop": {"route_score": "fused", "w_dense": 1.5, "hops": 2},
+          "fused_2hop_sum": {"route_score": "fused", "hops": 2, "hop_merge": "sum"},
+          "fused_fit_2hop_sum": {"route_score": "fused", "w_dense": 1.5, "hops": 2,
+                                 "hop_merge": "sum"}}
+SCORES = {name: {**ONE_HOP, "hop_query": "bridge", "hop_gate": 0.0, "hop_merge": "second", **kw}
+          for name, kw in SCORES.items()}  # explicit: nothing is taken from a checkpoint
 
 
 def bm25_rank(texts: list[str], question: str) -> list[int]:
@@ -70,6 +76,8 @@ def main():
     ap.add_argument("--scores", default=",".join(SCORES))
     ap.add_argument("--manuals", type=int, default=4)
     ap.add_argument("--latency", default="2048,32768")
+    ap.add_argument("--ttft", default="fused,fused_2hop,fused_fit_2hop,fused_rrf",
+                    help="routers whose answer TTFT is timed on the largest latency document")
     ap.add_argument("--index-cache", default=None,
                     help="keep built indexes here and reuse them on the next run")
     args = ap.parse_args()
@@ -135,9 +143,9 @@ def main():
         sums = {m: {k: [] for k in ks} for m in methods}
         by_type = {m: {} for m in methods}  # HotpotQA's question types: bridge, comparison
         t0 = time.perf_counter()
-        for rec in records:
+        for n, rec in enumerate(records, start=args.first):
             text, outline = hotpotqa.parse_hotpotqa(rec)
-            index = build(f"hotpotqa-{rec['_id']}", text, outline=outline)
+            index = build(f"hotpotqa-{n}", text, outline=outline)
             titles = [index.spec.titles[i] for i in range(index.spec.n_leaves)]
             gold = set(rec["supporting_facts"]["title"])
             gold_leaves = index.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
@@ -182,19 +190,31 @@ def main():
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from ttft import make_document
 
-    latency = {}
-    for n in [int(x) for x in args.latency.split(",") if x]:
+    def median_s(fn, repeats=5):
+        fn()  # compiles; dense vectors computed once
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    latency, ttft = {}, {}
+    sizes = [int(x) for x in args.latency.split(",") if x]
+    for n in sizes:
         text, q = make_document(lm, n)
-        index = base.build(text, fmt="markdown")
+        index = build(f"latency-{n}", text, fmt="markdown")
         for s, h in routers.items():
-            h.route(index, q.question, k=4)  # compiles; dense vectors computed once
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                h.route(index, q.question, k=4)
-                times.append(time.perf_counter() - t0)
-            latency.setdefault(s, {})[str(n)] = statistics.median(times)
-    out["route_latency_s"] = latency
+            latency.setdefault(s, {})[str(n)] = median_s(lambda: h.route(index, q.question, k=2))
+        if n == max(sizes):  # time to first token, routing included, in the same run
+            for s in args.ttft.split(","):
+                if s in routers:
+                    ttft[s] = median_s(lambda: routers[s].answer(index, q.question, k=2,
+                                                                 max_new_tokens=1))
+            out["ttft_doc_tokens"] = n
+    out["route_latency_s"] = latency  # question encoding + scoring + beam, k=2
+    out["ttft_s"] = ttft
+    out["route_fraction_of_ttft"] = {s: latency[s][str(max(sizes))] / t for s, t in ttft.items()}
     print(json.dumps(out, indent=1))
 
 

@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.hops = 1  # 1 | 2: a second hop for bridge questions (hierarchy/hops.py)
     c.h2mt.hop_query = "bridge"  # leaf | sentence | bridge: what the second hop routes with
     c.h2mt.hop_gate = 0.0  # the second hop fires from this BM25 margin of the best leaf (0: always)
+    c.h2mt.hop_merge = "second"  # second | sum: the answer's other leaves (hierarchy/h2mt.py route)
     c.h2mt.enc_lora_rank = 0  # LoRA rank of the memory encoder (leaf and parent passes); 0: none
 
     c.hmt = ml_collections.ConfigDict()

@@ -159,3 +159,33 @@ def test_the_second_hop_query_carries_the_bridge_not_the_first_topic(lm):
     assert np.mean(found) >= 2 / 3
     with pytest.raises(ValueError, match="hop_query must be one of"):
         H2MTConfig(hop_query="entity")
+
+
+def test_sum_merge_ranks_both_hops_candidates_by_their_summed_scores(lm):
+    # hop_merge="sum": after the first hop's best leaf, the other slots go to the first and
+    # second hops' selected leaves, ranked by the sum of the two hops' node scores.
+    from h2mt_jax.hierarchy.hops import second_hop_query
+
+    manual = generate_manual(16, chapters=4)
+    h = _h2mt(lm, route_score="bm25", hops=2, hop_merge="sum")
+    one = _h2mt(lm, route_score="bm25")
+    index = h.build(manual.text, fmt="markdown")
+    differs = 0  # questions where the sum picks other leaves than the second hop's scores alone
+    for q in manual.questions:
+        k = 4
+        r1, _ = one.route(index, q.question, k=k)
+        first = index.leaf_ids(np.asarray(r1.leaves))
+        query = second_hop_query(index, first[0], q.question, "bridge")
+        r2, _ = one.route(index, query, k=k)
+        second = index.leaf_ids(np.asarray(r2.leaves))
+        s = np.asarray(r1.scores) + np.asarray(r2.scores)
+        pid = index.padded_ids
+        pool = [i for i in dict.fromkeys(first + second) if i not in first[:2]]
+        want = first[:2] + sorted(pool, key=lambda i: -s[pid[i]])[:k - 2]
+        alone = np.asarray(r2.scores)
+        differs += want != first[:2] + sorted(pool, key=lambda i: -alone[pid[i]])[:k - 2]
+        got, timings = h.route(index, q.question, k=k)
+        assert index.leaf_ids(np.asarray(got.leaves)) == want and timings["hops"] == 2
+    assert differs
+    with pytest.raises(ValueError, match="hop_merge must be one of"):
+        H2MTConfig(hop_merge="max")

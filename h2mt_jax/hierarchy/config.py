@@ -16,13 +16,14 @@ ROUTE_SCORES = ("memory", "bm25", "dense", "fused")
 FUSIONS = ("weighted", "rrf")
 BM25_INNER = ("max", "subtree")
 HOP_QUERIES = ("leaf", "sentence", "bridge")  # see hierarchy/hops.py
+HOP_MERGES = ("second", "sum")
 
 
 # Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
 # a config may set them over a checkpoint's (`explicit_overrides`).
 INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
                     "route_score", "fuse", "w_bm25", "w_dense", "w_memory", "bm25_inner", "hops",
-                    "hop_query", "hop_gate")
+                    "hop_query", "hop_gate", "hop_merge")
 
 
 def explicit_overrides(section) -> dict:
@@ -60,7 +61,9 @@ class H2MTConfig:
     hop's best leaf: "leaf" (its whole text), "sentence" (its sentence that best matches the
     question) or "bridge" (the terms that sentence and the question do not share; see
     `hierarchy.hops`); hop_gate: the second hop fires only when the best leaf's BM25 margin
-    over the next (`hops.hop_margin`) is at least this (0: always).
+    over the next (`hops.hop_margin`) is at least this (0: always); hop_merge: which leaves fill
+    the answer's slots after the first hop's best: the second hop's ("second") or both hops'
+    by their summed scores ("sum").
     enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
     backbone for the leaf and parent passes only; 0: the memory passes run the frozen backbone);
     the answer pass's (decoder) adapters are `H2MT.lora`."""
@@ -85,6 +88,7 @@ class H2MTConfig:
     hops: int = 1
     hop_query: str = "bridge"
     hop_gate: float = 0.0
+    hop_merge: str = "second"
     enc_lora_rank: int = 0
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 
@@ -97,7 +101,8 @@ class H2MTConfig:
                                      ("route_score", self.route_score, ROUTE_SCORES),
                                      ("fuse", self.fuse, FUSIONS),
                                      ("bm25_inner", self.bm25_inner, BM25_INNER),
-                                     ("hop_query", self.hop_query, HOP_QUERIES)):
+                                     ("hop_query", self.hop_query, HOP_QUERIES),
+                                     ("hop_merge", self.hop_merge, HOP_MERGES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.enc_lora_rank < 0:

@@ -252,7 +252,9 @@ class H2MT:
         With `config.hops=2` a second hop routes with what the first hop's best leaf adds to
         the question (`config.hop_query`, `hierarchy.hops.second_hop_query`: for a bridge
         question, the bridge entity its second leaf names), and the answer reads the first
-        hop's `ceil(k/2)` best leaves, then the second hop's best other leaves up to `k`.
+        hop's `ceil(k/2)` best leaves, then up to `k` other leaves: the second hop's best
+        (`config.hop_merge="second"`), or the first and second hops' selected leaves ranked by
+        the sum of both hops' scores (`"sum"`).
         `config.hop_gate` > 0 fires the second hop only when the question's best leaf stands
         out (`hierarchy.hops.hop_margin` at least the gate); `timings["hops"]` says whether it
         fired."""
@@ -271,8 +273,13 @@ class H2MT:
         expanded = second_hop_query(index, first[0], question, self.config.hop_query)
         r2, t2 = self._route_once(index, expanded, k, kind)
         keep = first[:(k + 1) // 2]
-        leaves = keep + [i for i in index.leaf_ids(np.asarray(r2.leaves)) if i not in keep]
-        leaves = leaves[:k]
+        second = [i for i in index.leaf_ids(np.asarray(r2.leaves)) if i not in keep]
+        if self.config.hop_merge == "sum":  # both hops' candidates, by the sum of their scores
+            s1, s2 = np.asarray(r.scores), np.asarray(r2.scores)
+            pid = index.padded_ids
+            pool = [i for i in dict.fromkeys(first + second) if i not in keep]
+            second = sorted(pool, key=lambda i: -(s1[pid[i]] + s2[pid[i]]))
+        leaves = (keep + second)[:k]
         score = {int(i): float(x) for i, x in zip(r.leaves, r.leaf_scores)}
         score.update({int(i): float(x) for i, x in zip(r2.leaves, r2.leaf_scores)
                       if int(i) not in score})
