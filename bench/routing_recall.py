@@ -127,7 +127,7 @@ def main():
         path = os.path.join(args.index_cache, (args.checkpoint or "untrained").replace("/", "_"),
                             key)
         if os.path.isdir(path):
-            return base.load_index(path, lm)
+            return base.load_index(path, lm)[1]
         index = base.build(text, **kw)
         base.save_index(index, path)
         return index
