@@ -47,7 +47,10 @@ def test_configs_load_and_tiny_trains_two_steps(name, tmp_path, smollm2):
         assert 0 <= after["tree_text_f1"] <= 100 and after["n"] == c.eval.max_examples
         assert 0 <= after["memory_kv_f1"] <= 100 and 0 <= after["leaf_kv_f1"] <= 100
         assert after["n_one_gold"] + after["n_multi_gold"] <= after["n"]
-        for key in ("recall_at_2_one_gold", "recall_at_2_multi_gold"):
+        # tiny routes by the learned score itself: its recall alone is the routing's recall
+        assert c.h2mt.route_score == "memory" and c.eval.k == 2
+        assert after["recall_at_2_memory_score"] == pytest.approx(after["recall_at_2"], nan_ok=True)
+        for key in ("recall_at_2_one_gold", "recall_at_2_multi_gold", "recall_at_2_memory_score"):
             assert after[key] != after[key] or 0 <= after[key] <= 1  # NaN when none
 
 

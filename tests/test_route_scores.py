@@ -189,3 +189,27 @@ def test_sum_merge_ranks_both_hops_candidates_by_their_summed_scores(lm):
     assert differs
     with pytest.raises(ValueError, match="hop_merge must be one of"):
         H2MTConfig(hop_merge="max")
+
+
+def test_memory_score_recall_routes_by_the_learned_score_whatever_the_config(lm):
+    # The training-time evaluation reports the learned score's recall beside the configured
+    # routing: for a BM25-routed H2MT it must not be BM25's recall.
+    from h2mt_jax.data.items import synthetic_items
+    from h2mt_jax.eval.metrics import leaf_recall
+    from h2mt_jax.train.h2mt_qa import memory_score_recall
+
+    items = synthetic_items(0, 1, 16, chapters=3)
+    h = _h2mt(lm, route_score="bm25", hops=2)
+    index = h.build(items[0].context, fmt="markdown")
+    got = memory_score_recall(h, items, {items[0].doc_id: index})
+
+    def recall(router):
+        out = []
+        for it in items:
+            gold = set(index.leaves_for_spans(it.gold_spans))
+            r, _ = router.route(index, it.question, k=2)
+            out.append(leaf_recall(gold, index.leaf_ids(np.asarray(r.leaves)), 2))
+        return float(np.mean(out))
+
+    assert got == pytest.approx(recall(_h2mt(lm, route_score="memory")))
+    assert recall(h) - got > 0.3  # BM25 (two hops) finds far more than the untrained score

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from h2mt_jax.data import prompts
 from h2mt_jax.data.items import QAItem, load_items
 from h2mt_jax.eval.example import EvalSettings, evaluate_example, warm_up
+from h2mt_jax.eval.metrics import leaf_recall
 from h2mt_jax.eval.methods import make_method
 from h2mt_jax.hierarchy.config import H2MTConfig, explicit_overrides
 from h2mt_jax.hierarchy.h2mt import H2MT
@@ -288,7 +289,8 @@ class H2MTQATask(H2MTTrainable):
         questions; `..._multi_gold`: two or more, e.g. the synthetic two-hop questions, whose
         second hop shares no words with the question). With `config.eval.tree_text`, each
         question is also answered from the same route's leaf text (`tree_text_f1`), which shows
-        what the routing alone is worth to the answers."""
+        what the routing alone is worth to the answers. `recall_at_2_memory_score` is the recall
+        of the learned memory score alone (one hop), whatever `h2mt.route_score` says."""
         h2mt = self.model(trainable)
         items = self.eval_items if items is None else items
         if self.config.eval.get("max_examples", 0):
@@ -312,7 +314,25 @@ class H2MTQATask(H2MTTrainable):
             rows[name] = [evaluate_example(method, it, self.settings)
                           for it in tqdm(items, desc=f"evaluating {name}",
                                          disable=not self.progress)]
-        return summarize_h2mt(rows)
+        out = summarize_h2mt(rows)  # and what the learned score alone finds, beside the routing
+        out["recall_at_2_memory_score"] = memory_score_recall(  # the config uses (e.g. fused)
+            h2mt, items, {doc: cached[0] for doc, cached in shared.items()})
+        return out
+
+
+def memory_score_recall(h2mt: H2MT, items: list[QAItem], indexes: dict, k: int = 2) -> float:
+    """Recall@k of the learned memory score alone (`route_score="memory"`, one hop) on the
+    items' indexes `{doc_id: Index}`: the part of routing that training changes, reported next
+    to the fused routing a checkpoint uses."""
+    alone = h2mt.with_config(route_score="memory", hops=1)
+    recalls = []
+    for it in items:
+        index = indexes.get(it.doc_id)
+        gold = set(index.leaves_for_spans(it.gold_spans)) if index and it.gold_spans else set()
+        if gold:
+            r, _ = alone.route(index, it.question, k=k)
+            recalls.append(leaf_recall(gold, index.leaf_ids(np.asarray(r.leaves)), k))
+    return _mean(recalls)
 
 
 def _mean(values) -> float:
