@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,6 +41,7 @@ def main():
     from h2mt_jax.hierarchy.build import build_spec
     from h2mt_jax.hierarchy.config import H2MTConfig
     from h2mt_jax.hierarchy.h2mt import FORMAT, resolve_checkpoint
+    from h2mt_jax.hierarchy.index import Index
     from h2mt_jax.io import read_meta
     from h2mt_jax.hierarchy.node_scores import leaf_texts
     from h2mt_jax.train.fusion import fit_fusion, fused_ranking, leaf_sample, recall_at
@@ -56,22 +56,17 @@ def main():
 
     def document(text, outline):
         spec = build_spec(text, outline, tokenizer, cfg.build)
-        doc = types.SimpleNamespace(spec=spec, text=text)
-        texts = leaf_texts(doc)
-        return doc, texts, embedder.embed(texts)
-
-    def gold_of(spec, spans):
-        return [i for i, (s, e) in enumerate(spec.leaf_spans) if any(s < b and a < e
-                                                                     for a, b in spans)]
+        doc = Index(text, spec, None, None, cfg.build)  # leaves only: no tree, no memories
+        return doc, embedder.embed(leaf_texts(doc))
 
     def hotpot(records):
         out = []
         for rec in records:
             text, outline = hotpotqa.parse_hotpotqa(rec)
-            doc, texts, vecs = document(text, outline)
-            gold = gold_of(doc.spec, hotpotqa.hotpotqa_supporting_spans(rec, text))
+            doc, vecs = document(text, outline)
+            gold = doc.leaves_for_spans(hotpotqa.hotpotqa_supporting_spans(rec, text))
             if gold:
-                out.append(leaf_sample(texts, rec["question"], gold, embedder, vecs))
+                out.append(leaf_sample(doc, rec["question"], gold, embedder, vecs))
         return out
 
     def manuals(a, b):
@@ -79,11 +74,11 @@ def main():
         for n in range(a, b):
             m = generate_manual(n, chapters=4)
             text = parse.clean_text(m.text)
-            doc, texts, vecs = document(text, parse.parse_document(text, "markdown"))
+            doc, vecs = document(text, parse.parse_document(text, "markdown"))
             for q in m.questions:
-                gold = gold_of(doc.spec, q.gold_spans)
+                gold = doc.leaves_for_spans(q.gold_spans)
                 out["one" if len(gold) == 1 else "multi"].append(
-                    leaf_sample(texts, q.question, gold, embedder, vecs))
+                    leaf_sample(doc, q.question, gold, embedder, vecs))
         return out
 
     path = os.path.join(ROOT, "..", "shared", "data", "hotpotqa",

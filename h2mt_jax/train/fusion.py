@@ -8,7 +8,7 @@ exactly as `hierarchy.node_scores.fuse_scores` combines them, and keeps the cand
 best mean recall@k (ties: the earlier, simpler candidate). It ranks leaves flat; the beam over
 the tree, which the router uses, is measured afterwards by `bench/routing_recall.py`.
 
-    samples = [leaf_sample(texts, q, gold, embedder) for ...]
+    samples = [leaf_sample(index, q, gold, embedder, leaf_vectors) for ...]
     best, table = fit_fusion(samples, k=2)
 """
 
@@ -18,10 +18,8 @@ import dataclasses
 import itertools
 
 import numpy as np
-from rank_bm25 import BM25Okapi
 
-from h2mt_jax.data.terms import terms
-from h2mt_jax.hierarchy.node_scores import RRF_K
+from h2mt_jax.hierarchy.node_scores import RRF_K, bm25_scores
 
 DENSE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
@@ -34,15 +32,17 @@ class LeafSample:
     gold: frozenset
 
 
-def leaf_sample(leaf_texts: list[str], question: str, gold: list[int], embedder,
-                leaf_vectors: np.ndarray | None = None) -> LeafSample:
-    """The BM25 (stemmed terms, the document's own leaves as corpus) and dense (cosine of
-    `embedder` vectors) scores of every leaf for `question`, as the router computes them."""
-    if not leaf_texts or not gold:
+def leaf_sample(doc, question: str, gold: list[int], embedder,
+                leaf_vectors: np.ndarray) -> LeafSample:
+    """The BM25 and dense scores of every leaf of `doc` (an `Index`, or anything with its `spec`
+    and `text`) for `question`, as the router computes them: `node_scores.bm25_scores` (the
+    document's BM25 statistics built once and kept on `doc`) and the cosine of `embedder`'s
+    question vector with `leaf_vectors` `[n_leaves, d]`."""
+    n = doc.spec.n_leaves
+    if not n or not gold:
         raise ValueError("a sample needs leaves and at least one gold leaf")
-    bm25 = BM25Okapi([terms(t) or ["_"] for t in leaf_texts]).get_scores(terms(question))
-    vectors = leaf_vectors if leaf_vectors is not None else embedder.embed(leaf_texts)
-    dense = vectors @ embedder.embed([question])[0]
+    bm25 = bm25_scores(doc, question)[:n]
+    dense = leaf_vectors @ embedder.embed([question])[0]
     return LeafSample({"bm25": np.asarray(bm25, np.float64), "dense": np.asarray(dense, np.float64)},
                       frozenset(int(g) for g in gold))
 
