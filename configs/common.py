@@ -101,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position
     c.train.bf16 = False  # run the backbone in bfloat16
     c.train.bptt_depth = 4  # hmt_lm: segments per training window
-    c.train.remat = False  # hmt_lm: recompute each segment in the backward pass
+    c.train.remat = "none"  # hmt_lm: none | dots | full: what a segment recomputes in backward
+    c.train.logit_chunk = 0  # hmt_lm: tokens per LM-head chunk in the loss (0: all at once)
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 3
     c.train.stop_after = 0  # stop (and checkpoint) after this many steps of this run: 0 = never

@@ -119,7 +119,7 @@ def test_gradients_reach_every_parameter_across_segments(hmt):
 
     lora = init_lora(hmt.lm.params, 2, jax.random.PRNGKey(0))
     lora = jax.tree.map(lambda x: x + 0.01, lora)
-    for remat in (False, True):
+    for remat in (False, True, "dots"):
         grads = jax.grad(window_loss)(
             {"hmt": hmt.params, "lora": lora}, hmt.lm.graphdef, hmt.lm.params, ids, tgt, lens,
             cfg=CFG, lora_scale=1.0, loss_segments=1, remat=remat)
@@ -128,6 +128,40 @@ def test_gradients_reach_every_parameter_across_segments(hmt):
             assert np.abs(np.asarray(g)).max() > 0, k
         for k, g in grads["lora"].items():
             assert np.abs(np.asarray(g["a"])).max() > 0 and np.abs(np.asarray(g["b"])).max() > 0, k
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_window_loss_equals_the_loss_of_the_inference_logits(hmt, stage):
+    # Given windows of 4 segments and the same HMT read by its inference path (padding test,
+    # one summary pass per segment, logits for every token)
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, stage=stage)
+    model = HMT(hmt.lm, cfg, hmt.params)
+    l = cfg.tokens_per_segment
+    win = np.random.default_rng(8).integers(0, 128, size=(2, 4 * l + 1))
+    logits = np.asarray(model.logits(win[:, :-1]), np.float64)[:, -l:]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    want = -np.take_along_axis(logp, win[:, -l:, None], -1).mean()
+    ids, tgt, lens = map(jnp.asarray, window_segments(win, l))
+    # When the training loss runs (summaries batched, no padding test), with every remat policy
+    # and the LM head in one piece or in chunks that do not divide the tokens
+    for remat, chunk in [("none", 0), ("dots", 7), ("full", 5), (False, 64)]:
+        got = window_loss({"hmt": model.params}, hmt.lm.graphdef, hmt.lm.params, ids, tgt, lens,
+                          cfg=cfg, lora_scale=1.0, loss_segments=1, remat=remat,
+                          logit_chunk=chunk)
+        # Then it is the mean next-token loss of the last segment, as inference computes it
+        np.testing.assert_allclose(float(got), want, rtol=1e-5, err_msg=f"{remat} {chunk}")
+    grads = [jax.grad(window_loss)({"hmt": model.params}, hmt.lm.graphdef, hmt.lm.params, ids,
+                                   tgt, lens, cfg=cfg, lora_scale=1.0, loss_segments=1,
+                                   remat=remat, logit_chunk=chunk)["hmt"]
+             for remat, chunk in [("none", 0), ("full", 5)]]
+    for k in grads[0]:
+        np.testing.assert_allclose(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-7, err_msg=k)
+    with pytest.raises(ValueError, match="remat must be none, full or dots"):
+        window_loss({"hmt": model.params}, hmt.lm.graphdef, hmt.lm.params, ids, tgt, lens,
+                    cfg=cfg, lora_scale=1.0, loss_segments=1, remat="some")
 
 
 def test_perplexity_streams_and_matches_logits(hmt):

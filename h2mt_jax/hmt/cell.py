@@ -63,14 +63,30 @@ def _take(h: Float[Array, "b t d"], pos) -> Float[Array, "b d"]:
 
 def summary_pass(model, params: HMTParams, cfg: HMTConfig, x: Float[Array, "b l d"], n
                  ) -> Float[Array, "b d"]:
-    """`q_n`: the summary prompt around the first `Lq` tokens of the segment, last position."""
+    """`q_n`: the summary prompt around the first `Lq` tokens of the segment, last position.
+
+    `n`: the segment's real token count, a scalar or one per row `[b]` (segments of several
+    documents or positions batched into one pass, `summary_queries`)."""
     b = x.shape[0]
     lq = cfg.query_tokens
-    nq = jnp.minimum(n, lq)
-    p = jnp.broadcast_to(params["summary"], (b, x.shape[-1]))
-    emb = jnp.concatenate([p[:, None].astype(x.dtype), x[:, :lq], jnp.zeros_like(x[:, :1])], 1)
-    emb = _put(emb, p, 1 + nq)
-    return _take(_hidden(model, emb), 1 + nq).astype(jnp.float32)
+    nq = jnp.broadcast_to(jnp.minimum(n, lq), (b,)).astype(jnp.int32)
+    p = jnp.broadcast_to(params["summary"], (b, x.shape[-1])).astype(x.dtype)
+    emb = jnp.concatenate([p[:, None], x[:, :lq], jnp.zeros_like(x[:, :1])], 1)
+    slot = (jnp.arange(emb.shape[1])[None, :] == (1 + nq)[:, None])[..., None]  # [b, t, 1]
+    emb = jnp.where(slot, p[:, None], emb)
+    h = _hidden(model, emb)
+    return jnp.take_along_axis(h, (1 + nq)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def summary_queries(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b l"],
+                    lengths: Int[Array, "s"]) -> Float[Array, "s b d"]:
+    """The summary queries of `s` segments in one batched pass: `q_n` reads only segment `n`'s
+    own tokens (not the memory), so the `s` passes need not wait for the recurrence."""
+    s, b, l = ids.shape
+    lq = cfg.query_tokens
+    x = model.embed(ids[:, :, :lq].reshape(s * b, lq))
+    q = summary_pass(model, params, cfg, x, jnp.repeat(lengths, b))
+    return q.reshape(s, b, -1)
 
 
 def recall(params: HMTParams, cfg: HMTConfig, q: Float[Array, "b d"], cache: Float[Array, "b n d"],
@@ -124,11 +140,15 @@ def first_segment(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "b l
 
 
 def next_segment(model, params: HMTParams, cfg: HMTConfig, state: HMTState, ids: Int[Array, "b l"],
-                 n) -> tuple[HMTState, Float[Array, "b l d"]]:
-    """Segment n >= 1 with `n` real tokens (n = 0 leaves the state unchanged: padding)."""
+                 n, query: Float[Array, "b d"] | None = None
+                 ) -> tuple[HMTState, Float[Array, "b l d"]]:
+    """Segment n >= 1 with `n` real tokens (n = 0 leaves the state unchanged: padding).
+    `query`: its summary query when already computed (`summary_queries`), stage 2."""
     x = model.embed(ids)
     if cfg.stage == 2:
-        p_n = recall(params, cfg, summary_pass(model, params, cfg, x, n), state.cache, state.count)
+        if query is None:
+            query = summary_pass(model, params, cfg, x, n)
+        p_n = recall(params, cfg, query, state.cache, state.count)
     else:
         p_n = state.memory
     sens = model.embed(state.sensory) if cfg.num_sensory else None
@@ -142,33 +162,51 @@ def next_segment(model, params: HMTParams, cfg: HMTConfig, state: HMTState, ids:
 
 def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b l"],
                  lengths: Int[Array, "s"], out_fn, extras: PyTree = None, *,
-                 state: HMTState | None = None, remat: bool = False) -> tuple[HMTState, PyTree]:
+                 state: HMTState | None = None, remat: bool | str = False,
+                 skip_padding: bool = True, unroll: int | bool = 1) -> tuple[HMTState, PyTree]:
     """Reads segments in order and stacks `out_fn(hidden [b, l, d], state, extra)` per segment.
 
     `state` is the state after the segment (its `memory` is the segment's new memory) and `extra`
     the segment's slice of `extras` (a pytree of `[s, ...]` arrays, e.g. targets). Without
     `state` the first segment starts the document (peeled off the scan); with `state` every
     segment continues it (streaming in chunks). Returns the final state and the outputs `[s, ...]`.
+
+    `remat` (training): recompute each segment's activations in the backward pass; True or
+    "full" saves nothing inside a segment, "dots" saves the matrix products' outputs
+    (`jax.checkpoint_policies.dots_saveable`), False or "none" saves everything.
+    `skip_padding=False` drops the per-segment `lax.cond` that skips empty segments, for callers
+    whose segments are all real (training windows); it also computes the stage-2 summary queries
+    of all segments in one batched pass before the recurrence (`summary_queries`), which
+    the skipping path does not do, since padding segments would pay for theirs. `unroll` is
+    passed to `lax.scan`.
     """
 
-    def step(st, seg_ids, n):
-        return next_segment(model, params, cfg, st, seg_ids, n)
+    def step(st, seg_ids, n, q):
+        return next_segment(model, params, cfg, st, seg_ids, n, q)
 
-    if remat:  # recompute each segment's activations in the backward pass
-        step = jax.checkpoint(step)
+    if remat not in (False, "none"):
+        if remat not in (True, "full", "dots"):
+            raise ValueError(f"remat must be none, full or dots, got {remat!r}")
+        policy = jax.checkpoint_policies.dots_saveable if remat == "dots" else None
+        step = jax.checkpoint(step, policy=policy)
     first_out = None
     if state is None:
         state, h0 = first_segment(model, params, cfg, ids[0], lengths[0])
         first_out = out_fn(h0, state, jax.tree.map(lambda e: e[0], extras))
         ids, lengths = ids[1:], lengths[1:]
         extras = jax.tree.map(lambda e: e[1:], extras)
+    queries = None
+    if cfg.stage == 2 and not skip_padding and ids.shape[0]:
+        queries = summary_queries(model, params, cfg, ids, lengths)
 
-    def real(st, seg_ids, n, extra):
-        st, h = step(st, seg_ids, n)
+    def real(st, seg_ids, n, extra, q=None):
+        st, h = step(st, seg_ids, n, q)
         return st, out_fn(h, st, extra)
 
     def body(st, xs):
-        seg_ids, n, extra = xs
+        seg_ids, n, extra, q = xs
+        if not skip_padding:
+            return real(st, seg_ids, n, extra, q)
         # Padding segments (n = 0, the tail of a fixed-size chunk) cost nothing: skip them.
         shapes = jax.eval_shape(real, st, seg_ids, n, extra)[1]
 
@@ -177,7 +215,7 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
 
         return jax.lax.cond(n > 0, real, skip, st, seg_ids, n, extra)
 
-    state, outs = jax.lax.scan(body, state, (ids, lengths, extras))
+    state, outs = jax.lax.scan(body, state, (ids, lengths, extras, queries), unroll=unroll)
     if first_out is not None:
         outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], 0), first_out, outs)
     return state, outs

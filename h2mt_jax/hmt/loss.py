@@ -17,6 +17,7 @@ from flax import nnx
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.hmt.cell import run_segments
 from h2mt_jax.hmt.config import HMTConfig
+from h2mt_jax.typing import Array, Float, Int
 
 
 def token_nll(logits, targets):
@@ -38,14 +39,44 @@ def window_segments(windows: np.ndarray, tokens_per_segment: int):
     return seg(windows[:, :-1]), seg(windows[:, 1:]), np.full((d,), l, np.int32)
 
 
+def chunked_nll(head, hidden: Float[Array, "n d"], targets: Int[Array, "n"], chunk: int = 0
+                ) -> tuple[Float[Array, ""], Int[Array, ""]]:
+    """`token_nll(head(hidden), targets)` without holding all `[n, V]` logits at once.
+
+    `chunk` > 0: the tokens go through the head `chunk` at a time under `jax.checkpoint`, so the
+    backward pass keeps only the hidden states and recomputes each chunk's logits; 0: one piece."""
+    n = hidden.shape[0]
+    if chunk <= 0 or chunk >= n:
+        return token_nll(head(hidden), targets)
+    pad = -n % chunk
+    h = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, hidden.shape[-1])
+    t = jnp.pad(targets, (0, pad), constant_values=-1).reshape(-1, chunk)
+
+    @jax.checkpoint
+    def one(carry, xs):
+        nll, count = token_nll(head(xs[0]), xs[1])
+        return (carry[0] + nll, carry[1] + count), None
+
+    (nll, count), _ = jax.lax.scan(one, (jnp.float32(0), jnp.int32(0)), (h, t))
+    return nll, count
+
+
 def window_loss(trainable, graphdef, bparams, ids, targets, lengths, *, cfg: HMTConfig,
-                lora_scale: float, loss_segments: int, remat: bool):
+                lora_scale: float, loss_segments: int, remat: bool | str = False,
+                logit_chunk: int = 0, unroll: int | bool = 1):
     """Mean next-token loss on the last `loss_segments` segments of each window.
 
     `trainable`: {"hmt": memory params, "lora"?: adapters}; `bparams`: the backbone's params;
-    ids, targets `[D, B, L]`, lengths `[D]` (from `window_segments`)."""
+    ids, targets `[D, B, L]`, lengths `[D]` (from `window_segments`). Only the loss segments go
+    through the LM head (the reference computes logits for every segment and drops most);
+    `logit_chunk` bounds the logits held at once (`chunked_nll`). Every segment of a window is
+    real, so the recurrence runs without the padding test and with the summary queries batched
+    (`run_segments(skip_padding=False)`); `unroll` segments per scan iteration."""
     model = nnx.merge(graphdef, merge_lora(bparams, trainable.get("lora"), lora_scale))
-    _, (nll, count) = run_segments(
-        model, trainable["hmt"], cfg, ids, lengths,
-        lambda h, st, tgt: token_nll(model.logits(h), tgt), targets, remat=remat)
-    return jnp.sum(nll[-loss_segments:]) / jnp.maximum(jnp.sum(count[-loss_segments:]), 1)
+    _, hidden = run_segments(model, trainable["hmt"], cfg, ids, lengths,
+                             lambda h, st, e: h, remat=remat, skip_padding=False,
+                             unroll=unroll)  # [D, B, L, d]
+    h = hidden[-loss_segments:]
+    nll, count = chunked_nll(model.logits, h.reshape(-1, h.shape[-1]),
+                             targets[-loss_segments:].reshape(-1), logit_chunk)
+    return nll / jnp.maximum(count, 1)

@@ -82,7 +82,7 @@ class HMTLMTask:
         tgt = jnp.swapaxes(batch["targets"], 0, 1)
         loss = window_loss(tr, self.lm.graphdef, frozen, ids, tgt, batch["lengths"][0],
                            cfg=self.hcfg, lora_scale=lora_scale(t), loss_segments=1,
-                           remat=t.get("remat", False))
+                           remat=t.get("remat", False), logit_chunk=t.get("logit_chunk", 0))
         return loss, {"ppl": jnp.exp(loss)}
 
     def model(self, trainable) -> HMT:
