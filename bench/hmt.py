@@ -11,6 +11,18 @@ Prints one JSON object:
 
     python bench/hmt.py [--lengths 4096,8192,16384,32768] [--train-steps 3]
     python bench/hmt.py --tiny     # a quick check of the bench: tiny random backbone, short texts
+
+`--train` instead prints HMT training side by side with the reference, in one run: ours (the
+trainer's jitted step, `configs/wikitext.py`) and the reference (OswaldHe/HMT-pytorch when it can
+run here, else its PyTorch restatement `bench/hmt_reference.py`, see `reference_importable`) on
+the same weights, windows and AdamW, with all parameters trained (the reference's setting) and
+with the memory parameters only; ours also with a bfloat16 backbone. Each configuration runs in
+its own process (its peak memory is its own), the configurations take turns for `--rounds`
+rounds, and the medians are reported: tokens/s, compile time, first step, peak resident memory,
+model FLOP/s (and utilisation of the device's measured matmul peak when `--peak-gflops` is given).
+
+    python bench/hmt.py --train [--rounds 2] [--train-steps 4] [--remat none]
+    python bench/hmt.py --train --tiny   # the tiny random backbone
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # h2mt_jax, configs and bench.hmt_reference
 
 SEGMENT, SENSORY, DEPTH = 256, 32, 4
 
@@ -61,9 +73,11 @@ def one_length(n: int, model: str) -> dict:
             "peak_rss_after_warmup_mb": rss_after_warmup, "warmup_s": warm["seconds"]}
 
 
-def train_throughput(lm, steps: int) -> dict:
+def train_throughput(lm, steps: int, c=None, tokens=None) -> dict:
     """Seconds per training step of the trainer's jitted step (`init_state`, `compile_step`),
-    each step timed from its batch's transfer to its loss on the host."""
+    each step timed from its batch's transfer to its loss on the host; compilation is timed
+    apart (`compile_s`, ahead of time) from the first step. `c`: a configs/wikitext.py config
+    (default: memory parameters, segment 256, 32 sensory tokens, depth 4, batch 1)."""
     import jax
     import numpy as np
 
@@ -71,12 +85,14 @@ def train_throughput(lm, steps: int) -> dict:
     from h2mt_jax.train import trainer
     from h2mt_jax.train.hmt_lm import HMTLMTask
 
-    c = get_config()
-    c.hmt.segment_length, c.hmt.num_sensory = SEGMENT, SENSORY
-    c.train.steps, c.train.batch_size, c.train.bptt_depth = steps + 1, 1, DEPTH
-    c.train.warmup, c.train.lr, c.train.trainable = 1, 1e-3, "memory"
+    if c is None:
+        c = get_config()
+        c.hmt.segment_length, c.hmt.num_sensory = SEGMENT, SENSORY
+        c.train.steps, c.train.batch_size, c.train.bptt_depth = steps + 1, 1, DEPTH
+        c.train.warmup, c.train.lr, c.train.trainable = 1, 1e-3, "memory"
     start = time.perf_counter()
-    tokens = np.random.default_rng(0).integers(0, lm.config.vocab_size, 50_000).astype(np.int32)
+    if tokens is None:
+        tokens = np.random.default_rng(0).integers(0, lm.config.vocab_size, 50_000).astype(np.int32)
     task = HMTLMTask(c, lm=lm, progress=False, tokens=tokens)
     optimizer = trainer.make_optimizer(c.train)
     mesh = trainer.sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -84,12 +100,15 @@ def train_throughput(lm, steps: int) -> dict:
                                                  jax.random.PRNGKey(c.seed))
     batches = iter(task.dataset().to_iter_dataset())
     step_fn = batch_sh = None
-    seconds, tokens_per_step = [], 0
+    seconds, tokens_per_step, compile_s = [], 0, 0.0
     for _ in range(c.train.steps):
         batch = next(batches)
         if step_fn is None:
             step_fn, batch_sh = trainer.compile_step(task, optimizer, state_sh, frozen, mesh,
                                                      batch)
+            t0 = time.perf_counter()
+            step_fn = step_fn.lower(state, frozen, jax.device_put(batch, batch_sh)).compile()
+            compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         state, metrics = step_fn(state, frozen, jax.device_put(batch, batch_sh))
         loss = float(metrics["loss"])
@@ -99,7 +118,151 @@ def train_throughput(lm, steps: int) -> dict:
         tokens_per_step = int(batch["ids"].size)
     rates = [tokens_per_step / s for s in seconds[1:]]  # step 0 includes compilation
     return {"tokens_per_s": float(np.median(rates)), "tokens_per_step": tokens_per_step,
-            "compile_and_first_step_s": seconds[0], "total_s": time.perf_counter() - start}
+            "compile_s": compile_s, "first_step_s": seconds[0], "step_s": seconds,
+            "total_s": time.perf_counter() - start}
+
+
+def step_flops(cfg, hcfg, depth: int, batch: int, trainable: str) -> float:
+    """Model FLOPs of one training step (matrix products only, attention included): the summary
+    passes, the main passes, the LM head on the loss segment; backward is 2x forward with all
+    parameters trained, 1x (activation gradients only) with the memory parameters only."""
+    d, f, L = cfg.hidden_size, cfg.intermediate_size, hcfg.tokens_per_segment
+    per_token = 2 * cfg.num_layers * (d * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * d + 3 * d * f)
+
+    def attn(t):  # q k^T and p v, causal (half the square)
+        return 2 * 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * t * t / 2
+
+    first = L + 2
+    main = hcfg.segment_length
+    summ = hcfg.query_tokens + 2
+    fwd = per_token * (first + (depth - 1) * (main + summ)) + attn(first) \
+        + (depth - 1) * (attn(main) + attn(summ)) + 2 * L * d * cfg.vocab_size
+    return batch * fwd * (3 if trainable == "all" else 2)
+
+
+def train_one(impl: str, trainable: str, model: str, steps: int, remat: str,
+              dtype: str = "float32") -> dict:
+    """Runs in a child process: `steps` training steps of one implementation; the first step's
+    time is reported apart (it includes ours's compilation)."""
+    import numpy as np
+
+    import h2mt_jax
+    from configs.wikitext import get_config
+    from h2mt_jax.hmt import HMT, HMTConfig
+
+    c = get_config()
+    c.hmt.segment_length, c.hmt.num_sensory = SEGMENT, SENSORY
+    c.train.steps, c.train.batch_size, c.train.bptt_depth = steps + 1, 1, DEPTH
+    c.train.warmup, c.train.lr, c.train.trainable, c.train.remat = 1, 1e-4, trainable, remat
+    lm = h2mt_jax.load_lm(model, dtype=dtype)
+    hcfg = HMTConfig.from_config(c.hmt)
+    tokens = np.random.default_rng(0).integers(0, lm.config.vocab_size, 50_000).astype(np.int32)
+    out = {"impl": impl, "trainable": trainable, "dtype": dtype, "remat": remat}
+    if impl == "ours":
+        import jax
+
+        out.update(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform)
+        out.update(train_throughput(lm, steps, c=c, tokens=tokens))
+    else:
+        out.update(torch_throughput(lm, model, hcfg, c, tokens, steps))
+    out["gflop_per_step"] = step_flops(lm.config, hcfg, DEPTH, 1, trainable) / 1e9
+    out["model_gflops"] = out["gflop_per_step"] * out["tokens_per_s"] / out["tokens_per_step"]
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def torch_model_of(model: str):
+    """The transformers PyTorch model with the same weights as our backbone `model`."""
+    import torch
+    import transformers
+
+    from h2mt_jax.weights.registry import resolve
+
+    transformers.logging.set_verbosity_error()
+    src = resolve(model)
+    if src.path.endswith(".gguf"):
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(src.path), gguf_file=os.path.basename(src.path), dtype=torch.float32)
+    return transformers.AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32)
+
+
+def torch_throughput(lm, model: str, hcfg, c, tokens, steps: int) -> dict:
+    """The reference's training step in PyTorch (restated, `bench/hmt_reference.py`): forward
+    through the window, loss on the last segment, backward, gradient clipping, AdamW."""
+    import numpy as np
+    import torch
+
+    from bench.hmt_reference import TorchHMT, reference_importable, torch_optimizer
+    from h2mt_jax.hmt import HMT
+
+    usable, why = reference_importable(os.environ.get("HMT_PYTORCH_DIR"))
+    th = TorchHMT.from_hmt(torch_model_of(model).train(), HMT.create(lm, hcfg, seed=c.seed))
+    if c.train.trainable != "all":
+        for p in th.model.parameters():
+            p.requires_grad_(False)
+    params = [p for p in th.parameters() if p.requires_grad]
+    t = c.train
+    opt, sched = torch_optimizer(params, t.lr, t.warmup, t.steps, t.weight_decay)
+    window = DEPTH * th.length + 1
+    seconds = []
+    for i in range(steps):
+        win = torch.as_tensor(tokens[None, i * th.length:i * th.length + window].astype(np.int64))
+        t0 = time.perf_counter()
+        loss = th.window_loss(win)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, t.clip)
+        opt.step()
+        sched.step()
+        loss = float(loss)
+        seconds.append(time.perf_counter() - t0)
+    n = DEPTH * th.length
+    return {"reference": "public code" if usable else "PyTorch restatement (bench/hmt_reference.py)",
+            "reference_why": why, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "tokens_per_s": float(np.median([n / s for s in seconds[1:]])),
+            "tokens_per_step": n, "compile_s": 0.0, "first_step_s": seconds[0],
+            "step_s": seconds}
+
+
+def side_by_side(args, model: str) -> dict:
+    """`--train`: every configuration in its own process, `rounds` times in turn."""
+    import statistics
+
+    configs = [("ours", "all", "float32"), ("torch", "all", "float32"),
+               ("ours", "memory", "float32"), ("torch", "memory", "float32"),
+               ("ours", "memory", "bfloat16")]
+    runs = {cfg: [] for cfg in configs}
+    for r in range(args.rounds):
+        for impl, trainable, dtype in configs:
+            cmd = [sys.executable, __file__, "--train-one", f"{impl},{trainable},{dtype}",
+                   "--model", model, "--train-steps", str(args.train_steps or 4),
+                   "--remat", args.remat]
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if res.returncode:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+            runs[(impl, trainable, dtype)].append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(f"round {r}: {impl} {trainable} {dtype}: "
+                  f"{runs[(impl, trainable, dtype)][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    table = {}
+    for (impl, trainable, dtype), rs in runs.items():
+        med = lambda k: statistics.median(x[k] for x in rs)  # noqa: E731
+        row = dict(rs[-1])
+        row.pop("step_s", None)
+        for k in ("tokens_per_s", "compile_s", "first_step_s", "peak_rss_mb", "model_gflops"):
+            row[k] = med(k)
+        row["tokens_per_s_each_round"] = [x["tokens_per_s"] for x in rs]
+        if args.peak_gflops:
+            row["mfu_vs_matmul_peak"] = row["model_gflops"] / args.peak_gflops
+        table[f"{impl}_{trainable}_{dtype}"] = row
+    ratio = lambda a, b: table[a]["tokens_per_s"] / table[b]["tokens_per_s"]  # noqa: E731
+    all_ratio = ratio("ours_all_float32", "torch_all_float32")
+    return {"bench": "hmt_train", "model": model, "segment_length": SEGMENT,
+            "num_sensory": SENSORY, "bptt_depth": DEPTH, "batch_size": 1, "rounds": args.rounds,
+            "steps_per_run": args.train_steps or 4, "remat": args.remat, "runs": table,
+            "ratio_all_params": all_ratio,
+            "ratio_memory_params": ratio("ours_memory_float32", "torch_memory_float32"),
+            "ratio_ours_memory_bf16_vs_fp32": ratio("ours_memory_bfloat16", "ours_memory_float32"),
+            "targets_met": {"all_params_at_least_1_2x_reference": all_ratio >= 1.2}}
 
 
 def main():
@@ -112,7 +275,37 @@ def main():
                          "short texts; training on the tiny config only")
     ap.add_argument("--model", default="smollm2-135m-instruct", help=argparse.SUPPRESS)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--train", action="store_true",
+                    help="HMT training, ours beside the reference (see the module docstring)")
+    ap.add_argument("--rounds", type=int, default=2, help="--train: rounds of all configurations")
+    ap.add_argument("--remat", default="dots", choices=["none", "dots", "full"],
+                    help="--train: our remat policy (train.remat)")
+    ap.add_argument("--peak-gflops", type=float, default=0.0,
+                    help="--train: the device's measured fp32 matmul GFLOP/s (bench/backbone.py), "
+                         "to report model FLOP utilisation")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--train-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.train_one:
+        impl, trainable, dtype = args.train_one.split(",")
+        print(json.dumps(train_one(impl, trainable, args.model, args.train_steps or 4,
+                                   args.remat, dtype)))
+        return
+    if args.train:
+        model = args.model
+        if args.tiny:  # a small random Llama on disk, so that PyTorch reads the same weights
+            import tempfile
+
+            from bench.hmt_reference import save_random_llama
+
+            model = save_random_llama(tempfile.mkdtemp(prefix="hmt_tiny_"))
+        out = side_by_side(args, model)
+        text = json.dumps(out, indent=1)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        return
     if args.one:
         print(json.dumps(one_length(args.one, args.model)))
         return

@@ -5,9 +5,13 @@ of the file, then compares perplexity on a held-out slice at its end:
 - `isolated`: the backbone reading isolated segments of L tokens (no memory, no sensory tokens),
 - `hmt_untrained` and `hmt_trained`: stage-2 HMT with the same L tokens per segment.
 Training is the project's trainer (`h2mt_jax.train.trainer.train_and_evaluate`, task `hmt_lm` of
-configs/wikitext.py) in a temporary workdir (or --workdir). Prints JSON.
+configs/wikitext.py) in a temporary workdir (or --workdir, where an interrupted run resumes).
+With `--stage1-steps N` it first trains stage 1 (each segment reads the previous memory) for N
+steps, then stage 2 from that checkpoint for `--steps` (the reference's two-stage schedule), and
+reports the perplexity after each stage. Prints JSON.
 
     python bench/hmt_lm.py [--steps 60] [--eval-tokens 8192] [--lora-rank 0] [--save DIR]
+    python bench/hmt_lm.py --stage1-steps 150 --steps 250 --lora-rank 8 --workdir runs/wt2
     python bench/hmt_lm.py --tiny   # a quick check: configs/wikitext.py:tiny, 2 steps, 512 tokens
 """
 
@@ -64,7 +68,9 @@ def isolated_ppl(lm, ids: np.ndarray, length: int, batch: int = 8) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=60, help="stage-2 steps")
+    ap.add_argument("--stage1-steps", type=int, default=0,
+                    help="train stage 1 for this many steps first (0: stage 2 only)")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--bptt-depth", type=int, default=3)
     ap.add_argument("--segment-length", type=int, default=256)
@@ -106,8 +112,19 @@ def main():
         c.train.lora_rank = args.lora_rank
     c.train.checkpoint_every = c.train.steps + 1  # one checkpoint, at the end
     c.eval.before_training = True  # the untrained HMT's perplexity
-    workdir = args.workdir or tempfile.mkdtemp(prefix="hmt_lm_")
-    c.workdir = workdir
+    c.resume = args.workdir is not None
+    if args.workdir:
+        c.workdir = args.workdir
+
+    def stage_config(stage: int, steps: int, workdir: str, checkpoint: str = ""):
+        sc = c.copy_and_resolve_references()
+        sc.hmt.stage, sc.checkpoint, sc.workdir = stage, checkpoint, workdir
+        sc.train.steps = steps
+        sc.train.warmup = max(1, steps // 10)
+        sc.train.checkpoint_every = max(1, min(50, steps))
+        sc.resume = args.workdir is not None
+        sc.eval.before_training = False
+        return sc
 
     task = HMTLMTask(c)
     lm, cfg, eval_ids = task.lm, task.hcfg, task.eval_ids
@@ -115,13 +132,30 @@ def main():
     start = time.perf_counter()
     iso = isolated_ppl(lm, eval_ids, length)
     iso_s = time.perf_counter() - start
+    workdir = args.workdir or tempfile.mkdtemp(prefix="hmt_lm_")
+    stages = {}
     try:
-        results = train_and_evaluate(c, workdir, task=task)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
-        step_s = [r["step_s"] for r in rows if r["split"] == "train"]
+        if args.stage1_steps:
+            s1 = stage_config(1, args.stage1_steps, os.path.join(workdir, "stage1"))
+            r1 = train_and_evaluate(s1, s1.workdir, task=HMTLMTask(s1, lm=lm))
+            stages["stage1"] = (s1, r1)
+            s2 = stage_config(2, c.train.steps, os.path.join(workdir, "stage2"),
+                              os.path.join(s1.workdir, "model"))
+            task = HMTLMTask(s2, lm=lm)
+            results = train_and_evaluate(s2, s2.workdir, task=task)
+            stages["stage2"] = (s2, results)
+            results["before"] = task.evaluate(HMTLMTask(stage_config(2, 1, workdir), lm=lm)
+                                              .init(jax.random.PRNGKey(c.seed)))
+        else:
+            results = train_and_evaluate(c, workdir, task=task)
+            stages["stage2"] = (c, results)
+        step_s = []
+        for sc, _ in stages.values():
+            with open(os.path.join(sc.workdir, "metrics.jsonl")) as f:
+                rows = [json.loads(line) for line in f]
+            step_s += [r["step_s"] for r in rows if r["split"] == "train"]
         if args.save:
-            HMT.load(os.path.join(workdir, "model"), lm=lm).save(args.save)
+            HMT.load(os.path.join(stages["stage2"][0].workdir, "model"), lm=lm).save(args.save)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -131,6 +165,7 @@ def main():
     step_tokens = t.batch_size * t.bptt_depth * length
     train = {"steps": t.steps, "batch_size": t.batch_size, "bptt_depth": t.bptt_depth,
              "loss_segments": 1, "lr": t.lr, "warmup": t.warmup, "weight_decay": t.weight_decay,
+             "stage1_steps": args.stage1_steps,
              "clip": t.clip, "lora_rank": args.lora_rank, "lora_alpha": t.lora_alpha,
              "remat": t.remat, "seed": c.seed, "trainable": t.trainable,
              "seconds": float(sum(step_s)),
@@ -143,10 +178,15 @@ def main():
            "hmt_config": cfg.to_dict(), "tokens_per_segment": length,
            "train": train,
            "ppl": {"isolated_segments": iso, "hmt_stage2_untrained": untrained["ppl"],
+                   **({"hmt_stage1_trained": stages["stage1"][1]["after"]["ppl"]}
+                      if "stage1" in stages else {}),
                    "hmt_stage2_trained": after["ppl"]},
+           "ppl_change_vs_untrained_stage2": after["ppl"] / untrained["ppl"] - 1,
            "seconds": {"isolated": iso_s, "hmt_untrained": untrained["seconds"],
                        "hmt_trained": after["seconds"]},
-           "hmt_trained_beats_isolated": after["ppl"] < iso}
+           "hmt_trained_beats_isolated": after["ppl"] < iso,
+           "targets_met": {"ppl_5_percent_below_untrained_stage2":
+                           after["ppl"] <= 0.95 * untrained["ppl"]}}
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:

@@ -49,7 +49,7 @@ class TorchHMT(torch.nn.Module):
                  sum_fraction: float = 0.5, stage: int = 2):
         super().__init__()
         self.model = model
-        t = lambda a: torch.nn.Parameter(torch.as_tensor(np.asarray(a, np.float32)))  # noqa: E731
+        t = lambda a: torch.nn.Parameter(torch.tensor(np.asarray(a, np.float32)))  # noqa: E731
         self.memory, self.summary = t(memory), t(summary)  # [1, d]
         self.w_q, self.w_k = t(w_q), t(w_k)  # [d, d_h]
         self.ks, self.n, self.stage = num_sensory, recall_context, stage
@@ -132,3 +132,18 @@ def torch_optimizer(params, lr: float, warmup: int, steps: int, weight_decay: fl
     """AdamW with the trainer's schedule: (optimizer, scheduler)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, torch_schedule(lr, warmup, steps, decay))
+
+
+def save_random_llama(directory: str, seed: int = 0, **sizes) -> str:
+    """Saves a small random transformers Llama (safetensors + config.json) that both frameworks
+    load (`h2mt_jax.load_lm(directory)`, `AutoModelForCausalLM.from_pretrained(directory)`)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+               tie_word_embeddings=True, rms_norm_eps=1e-5)
+    cfg.update(sizes)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory

@@ -101,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position
     c.train.bf16 = False  # run the backbone in bfloat16
     c.train.bptt_depth = 4  # hmt_lm: segments per training window
-    c.train.remat = "none"  # hmt_lm: none | dots | full: what a segment recomputes in backward
+    c.train.remat = "dots"  # hmt_lm: none | dots | full: what a segment recomputes in backward
+    # (dots: matrix products saved, the rest recomputed; fastest measured, bench/results/hmt_train.json)
     c.train.logit_chunk = 0  # hmt_lm: tokens per LM-head chunk in the loss (0: all at once)
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 3

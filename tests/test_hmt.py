@@ -202,6 +202,20 @@ def test_training_lowers_loss_and_roundtrips(hmt, tmp_path):
     ids = pattern[None, :100]
     np.testing.assert_allclose(np.asarray(again.logits(ids)), np.asarray(trained.logits(ids)),
                                atol=1e-6)
+    # And a run from that checkpoint (the two-stage schedule: here continued as stage 1) takes
+    # the config's stage and carries the trained adapters and memory parameters on
+    _, c2 = lm_task(tmp_path / "next", hmt.lm, pattern, steps=1, trainable="memory+lora",
+                    lora_rank=4)
+    c2.checkpoint, c2.hmt.stage = str(tmp_path / "ckpt"), 1
+    from h2mt_jax.train.hmt_lm import HMTLMTask
+
+    task2 = HMTLMTask(c2, lm=hmt.lm, progress=False, tokens=pattern)
+    assert task2.hcfg.stage == 1 and task2.hcfg.segment_length == CFG.segment_length
+    tr = task2.init(jax.random.PRNGKey(9))
+    for k, ab in trained.lora.items():
+        np.testing.assert_array_equal(np.asarray(tr["lora"][k]["b"]), np.asarray(ab["b"]))
+    np.testing.assert_array_equal(np.asarray(tr["hmt"]["memory"]),
+                                  np.asarray(trained.params["memory"]))
 
 
 def test_config_from_config_section():

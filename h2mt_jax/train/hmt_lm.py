@@ -6,10 +6,12 @@ trainer (`h2mt_jax.train.trainer.train_and_evaluate`) runs it like every other t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,10 +24,13 @@ from h2mt_jax.train.trainable import init_trainable, lora_scale
 
 
 class HMTLMTask:
-    """HMT language-model training on a text file (the HMT objective, stage 2).
+    """HMT language-model training on a text file (the HMT objective; `config.hmt.stage`).
 
-    `tokens`: token ids to train and evaluate on instead of the text of `config.data` (tests,
-    benchmarks); the last `min(data.eval_tokens, len/5)` of them are held out for evaluation."""
+    `config.checkpoint` starts from a saved HMT: its memory parameters, segment sizes and
+    adapters, with the stage of `config.hmt.stage` (a stage-1 run continued as stage 2 is the
+    reference's two-stage schedule). `tokens`: token ids to train and evaluate on instead of the
+    text of `config.data` (tests, benchmarks); the last `min(data.eval_tokens, len/5)` of them
+    are held out for evaluation."""
 
     name = "hmt_lm"
 
@@ -33,8 +38,11 @@ class HMTLMTask:
         self.config, self.progress = config, progress
         self.lm = lm or backbone_from_config(config)
         self.hcfg = HMTConfig.from_config(config.hmt)
-        self.hmt = (HMT.load(config.checkpoint, self.lm) if config.checkpoint
-                    else HMT.create(self.lm, self.hcfg, seed=config.seed))
+        if config.checkpoint:
+            self.hmt = HMT.load(config.checkpoint, self.lm)
+            self.hmt.config = dataclasses.replace(self.hmt.config, stage=self.hcfg.stage)
+        else:
+            self.hmt = HMT.create(self.lm, self.hcfg, seed=config.seed)
         self.hcfg = self.hmt.config
         if tokens is None:
             tokens = self._read_text(config.data)
@@ -68,7 +76,10 @@ class HMTLMTask:
                 .map(make).batch(t.batch_size, drop_remainder=True))
 
     def init(self, key) -> dict:
-        return init_trainable({"hmt": self.hmt.params}, self.lm, self.config.train, key)
+        tr = init_trainable({"hmt": self.hmt.params}, self.lm, self.config.train, key)
+        if self.hmt.lora is not None and "lora" in tr:  # a loaded checkpoint's adapters go on
+            tr["lora"] = jax.tree.map(jnp.copy, self.hmt.lora)
+        return tr
 
     def frozen(self):
         return {} if self.config.train.trainable == "all" else self.lm.params
