@@ -57,7 +57,15 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="the JSON file (the PNG goes beside it)")
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="only redraw the PNG of an earlier run's JSON")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            done = json.load(f)
+        plot(done["loss_ours"], done["loss_reference"], os.path.splitext(args.replot)[0] + ".png",
+             done["mean_last"]["steps"])
+        return
 
     import jax
     import jax.numpy as jnp
@@ -183,26 +191,32 @@ def main():
 
 
 def plot(ours, ref, path: str, last: int) -> None:
-    """Both loss curves (raw and a 10-step moving average) as a PNG."""
+    """Both loss curves (10-step moving averages, the reference dashed over ours) and their
+    per-step difference, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, dx) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1.3]})
     steps = np.arange(1, len(ours) + 1)
     w = min(10, len(ours))
     avg = lambda v: np.convolve(v, np.ones(w) / w, mode="valid")  # noqa: E731
-    for v, name, col in [(ours, "ours (JAX)", "C0"), (ref, "reference (PyTorch)", "C3")]:
-        ax.plot(steps, v, color=col, alpha=0.25, lw=0.8)
-        ax.plot(steps[w - 1:], avg(v), color=col, label=f"{name}, {w}-step mean")
-    ax.axvspan(len(ours) - last + 0.5, len(ours) + 0.5, color="0.9", zorder=0,
-               label=f"last {last} steps")
-    ax.set_xlabel("step")
+    ax.plot(steps, ours, color="C0", alpha=0.25, lw=0.8)
+    ax.plot(steps[w - 1:], avg(ours), color="C0", lw=3, label=f"ours (JAX), {w}-step mean")
+    ax.plot(steps[w - 1:], avg(ref), color="C3", lw=1.5, ls="--",
+            label=f"reference (PyTorch), {w}-step mean")
+    for a in (ax, dx):
+        a.axvspan(len(ours) - last + 0.5, len(ours) + 0.5, color="0.92", zorder=0)
     ax.set_ylabel("training loss (last segment)")
-    ax.set_title("HMT training parity: same weights, data, optimizer")
+    ax.set_title(f"HMT training parity: same weights, data, optimizer (last {last} steps shaded)")
     ax.legend()
+    dx.plot(steps, np.asarray(ours) - np.asarray(ref), color="k", lw=0.8)
+    dx.set_ylabel("ours - reference")
+    dx.set_xlabel("step")
+    dx.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
