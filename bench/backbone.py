@@ -96,6 +96,7 @@ def main():
     ref.eval()
     rng = np.random.default_rng(0)
     out = {"bench": "backbone", "model": args.model, "machine": platform.machine(),
+           "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
            "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
            "torch_threads": torch.get_num_threads(), **matmul_gflops(args.reps), "prefill": []}
 
@@ -123,7 +124,8 @@ def main():
             "ours_gflops": fl / best / 1e9, "torch_gflops": fl / tbest / 1e9,
             "ours_fraction_of_xla_matmul": fl / best / 1e9 / out["xla_fp32_matmul_gflops"],
             "ours_compile_s": first - med,
-            "ours_bf16_tok_s": t / res["ours_bf16"][2]})
+            "ours_bf16_tok_s": t / res["ours_bf16"][2],
+            "ours_bf16_gflops": fl / res["ours_bf16"][2] / 1e9})
 
     # Decode: batch 1, greedy, a fixed number of tokens (no early stop) after a prompt.
     n, p = args.decode_tokens, args.decode_prompt

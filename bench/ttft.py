@@ -261,8 +261,11 @@ def main():
             if line.startswith("{"):
                 rows.append(json.loads(line))
                 print(line, flush=True)
-    print(json.dumps({"bench": "ttft", "model": "smollm2-135m-instruct", **summarize(rows)},
-                     indent=1))
+    import jax
+
+    device = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform}
+    print(json.dumps({"bench": "ttft", "model": "smollm2-135m-instruct", **device,
+                      **summarize(rows)}, indent=1))
 
 
 if __name__ == "__main__":
