@@ -101,6 +101,7 @@ def train_throughput(lm, steps: int, c=None, tokens=None) -> dict:
     batches = iter(task.dataset().to_iter_dataset())
     step_fn = batch_sh = None
     seconds, tokens_per_step, compile_s = [], 0, 0.0
+    rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for _ in range(c.train.steps):
         batch = next(batches)
         if step_fn is None:
@@ -119,12 +120,14 @@ def train_throughput(lm, steps: int, c=None, tokens=None) -> dict:
     rates = [tokens_per_step / s for s in seconds[1:]]  # step 0 includes compilation
     return {"tokens_per_s": float(np.median(rates)), "tokens_per_step": tokens_per_step,
             "compile_s": compile_s, "first_step_s": seconds[0], "step_s": seconds,
-            "total_s": time.perf_counter() - start}
+            "rss_after_setup_mb": rss_setup, "total_s": time.perf_counter() - start}
 
 
-def step_flops(cfg, hcfg, depth: int, batch: int, trainable: str) -> float:
+def step_flops(cfg, hcfg, depth: int, batch: int, trainable: str,
+               head_everywhere: bool = False) -> float:
     """Model FLOPs of one training step (matrix products only, attention included): the summary
-    passes, the main passes, the LM head on the loss segment; backward is 2x forward with all
+    passes, the main passes, the LM head on the loss segment (`head_everywhere`: on every
+    position of every pass, as the reference computes it); backward is 2x forward with all
     parameters trained, 1x (activation gradients only) with the memory parameters only."""
     d, f, L = cfg.hidden_size, cfg.intermediate_size, hcfg.tokens_per_segment
     per_token = 2 * cfg.num_layers * (d * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * d + 3 * d * f)
@@ -135,15 +138,18 @@ def step_flops(cfg, hcfg, depth: int, batch: int, trainable: str) -> float:
     first = L + 2
     main = hcfg.segment_length
     summ = hcfg.query_tokens + 2
-    fwd = per_token * (first + (depth - 1) * (main + summ)) + attn(first) \
-        + (depth - 1) * (attn(main) + attn(summ)) + 2 * L * d * cfg.vocab_size
+    positions = first + (depth - 1) * (main + summ)
+    fwd = per_token * positions + attn(first) + (depth - 1) * (attn(main) + attn(summ)) \
+        + 2 * (positions if head_everywhere else L) * d * cfg.vocab_size
     return batch * fwd * (3 if trainable == "all" else 2)
 
 
 def train_one(impl: str, trainable: str, model: str, steps: int, remat: str,
               dtype: str = "float32") -> dict:
-    """Runs in a child process: `steps` training steps of one implementation; the first step's
-    time is reported apart (it includes ours's compilation)."""
+    """Runs in a child process: `steps + 1` training steps of one implementation, the first
+    reported apart (`first_step_s`; ours is compiled ahead of time, `compile_s`). The PyTorch
+    process also holds our JAX backbone (it builds the same initial memory parameters), so
+    besides its peak RSS the increase over its RSS after setup is reported for both."""
     import numpy as np
 
     import h2mt_jax
@@ -165,9 +171,11 @@ def train_one(impl: str, trainable: str, model: str, steps: int, remat: str,
         out.update(train_throughput(lm, steps, c=c, tokens=tokens))
     else:
         out.update(torch_throughput(lm, model, hcfg, c, tokens, steps))
-    out["gflop_per_step"] = step_flops(lm.config, hcfg, DEPTH, 1, trainable) / 1e9
+    out["gflop_per_step"] = step_flops(lm.config, hcfg, DEPTH, 1, trainable,
+                                       head_everywhere=impl == "torch") / 1e9
     out["model_gflops"] = out["gflop_per_step"] * out["tokens_per_s"] / out["tokens_per_step"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["training_rss_increase_mb"] = out["peak_rss_mb"] - out.pop("rss_after_setup_mb")
     return out
 
 
@@ -205,7 +213,8 @@ def torch_throughput(lm, model: str, hcfg, c, tokens, steps: int) -> dict:
     opt, sched = torch_optimizer(params, t.lr, t.warmup, t.steps, t.weight_decay)
     window = DEPTH * th.length + 1
     seconds = []
-    for i in range(steps):
+    rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for i in range(steps + 1):  # as ours: the first step is reported apart
         win = torch.as_tensor(tokens[None, i * th.length:i * th.length + window].astype(np.int64))
         t0 = time.perf_counter()
         loss = th.window_loss(win)
@@ -217,11 +226,11 @@ def torch_throughput(lm, model: str, hcfg, c, tokens, steps: int) -> dict:
         loss = float(loss)
         seconds.append(time.perf_counter() - t0)
     n = DEPTH * th.length
-    return {"reference": "public code" if usable else "PyTorch restatement (bench/hmt_reference.py)",
-            "reference_why": why, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"reference": "PyTorch restatement (bench/hmt_reference.py)",
+            "public_reference_usable_here": usable, "public_reference_why": why, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "tokens_per_s": float(np.median([n / s for s in seconds[1:]])),
             "tokens_per_step": n, "compile_s": 0.0, "first_step_s": seconds[0],
-            "step_s": seconds}
+            "step_s": seconds, "rss_after_setup_mb": rss_setup}
 
 
 def side_by_side(args, model: str) -> dict:
@@ -248,7 +257,8 @@ def side_by_side(args, model: str) -> dict:
         med = lambda k: statistics.median(x[k] for x in rs)  # noqa: E731
         row = dict(rs[-1])
         row.pop("step_s", None)
-        for k in ("tokens_per_s", "compile_s", "first_step_s", "peak_rss_mb", "model_gflops"):
+        for k in ("tokens_per_s", "compile_s", "first_step_s", "peak_rss_mb",
+                  "training_rss_increase_mb", "model_gflops"):
             row[k] = med(k)
         row["tokens_per_s_each_round"] = [x["tokens_per_s"] for x in rs]
         if args.peak_gflops:

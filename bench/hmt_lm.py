@@ -110,11 +110,11 @@ def main():
     c.train.trainable = "memory+lora" if args.lora_rank else "memory"
     if args.lora_rank:
         c.train.lora_rank = args.lora_rank
-    c.train.checkpoint_every = c.train.steps + 1  # one checkpoint, at the end
+    c.train.checkpoint_every = max(1, min(50, c.train.steps))
     c.eval.before_training = True  # the untrained HMT's perplexity
     c.resume = args.workdir is not None
-    if args.workdir:
-        c.workdir = args.workdir
+    workdir = args.workdir or tempfile.mkdtemp(prefix="hmt_lm_")
+    c.workdir = workdir
 
     def stage_config(stage: int, steps: int, workdir: str, checkpoint: str = ""):
         sc = c.copy_and_resolve_references()
@@ -132,47 +132,59 @@ def main():
     start = time.perf_counter()
     iso = isolated_ppl(lm, eval_ids, length)
     iso_s = time.perf_counter() - start
-    workdir = args.workdir or tempfile.mkdtemp(prefix="hmt_lm_")
     stages = {}
     try:
         if args.stage1_steps:
             s1 = stage_config(1, args.stage1_steps, os.path.join(workdir, "stage1"))
             r1 = train_and_evaluate(s1, s1.workdir, task=HMTLMTask(s1, lm=lm))
+            if "preempted_at" in r1:
+                sys.exit(f"stage 1 stopped at step {r1['preempted_at']}: run again to resume")
             stages["stage1"] = (s1, r1)
             s2 = stage_config(2, c.train.steps, os.path.join(workdir, "stage2"),
                               os.path.join(s1.workdir, "model"))
             task = HMTLMTask(s2, lm=lm)
             results = train_and_evaluate(s2, s2.workdir, task=task)
             stages["stage2"] = (s2, results)
+            if "preempted_at" in results:
+                sys.exit(f"stage 2 stopped at step {results['preempted_at']}: run again to resume")
             results["before"] = task.evaluate(HMTLMTask(stage_config(2, 1, workdir), lm=lm)
                                               .init(jax.random.PRNGKey(c.seed)))
         else:
             results = train_and_evaluate(c, workdir, task=task)
+            if "preempted_at" in results:
+                sys.exit(f"training stopped at step {results['preempted_at']}: run again with "
+                         "--workdir to resume")
             stages["stage2"] = (c, results)
-        step_s = []
-        for sc, _ in stages.values():
+        per_stage = {}
+        for name, (sc, _) in stages.items():
             with open(os.path.join(sc.workdir, "metrics.jsonl")) as f:
                 rows = [json.loads(line) for line in f]
-            step_s += [r["step_s"] for r in rows if r["split"] == "train"]
+            last = {r["step"]: r for r in rows if r["split"] == "train"}  # resumed: the last try
+            per_stage[name] = [last[k] for k in sorted(last)]
         if args.save:
             HMT.load(os.path.join(stages["stage2"][0].workdir, "model"), lm=lm).save(args.save)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     untrained, after = results["before"], results["after"]
-    losses = results["train_losses"]
     t = c.train
     step_tokens = t.batch_size * t.bptt_depth * length
+
+    def stage_summary(rows):
+        losses, step_s = [r["loss"] for r in rows], [r["step_s"] for r in rows]
+        return {"steps": len(rows), "seconds": float(sum(step_s)),
+                "loss_first5": float(np.mean(losses[:5])),
+                "loss_last5": float(np.mean(losses[-5:])),
+                "tokens_per_s": float(np.median([step_tokens / x for x in step_s[1:]]
+                                                if len(step_s) > 1 else [step_tokens / step_s[0]]))}
+
     train = {"steps": t.steps, "batch_size": t.batch_size, "bptt_depth": t.bptt_depth,
              "loss_segments": 1, "lr": t.lr, "warmup": t.warmup, "weight_decay": t.weight_decay,
              "stage1_steps": args.stage1_steps,
              "clip": t.clip, "lora_rank": args.lora_rank, "lora_alpha": t.lora_alpha,
              "remat": t.remat, "seed": c.seed, "trainable": t.trainable,
-             "seconds": float(sum(step_s)),
-             "loss_first5": float(np.mean(losses[:5])),
-             "loss_last5": float(np.mean(losses[-5:])),
-             "tokens_per_s": float(np.median([step_tokens / s for s in step_s[1:]]
-                                             if len(step_s) > 1 else [step_tokens / step_s[0]]))}
+             **stage_summary(per_stage["stage2"]),
+             **({"stage1": stage_summary(per_stage["stage1"])} if "stage1" in per_stage else {})}
     out = {"bench": "hmt_lm", "model": c.backbone, "data": "wikitext2 wiki.test.raw",
            "train_tokens_available": int(len(task.train_ids)), "eval_tokens": int(len(eval_ids)),
            "hmt_config": cfg.to_dict(), "tokens_per_segment": length,

@@ -206,7 +206,8 @@ def test_training_lowers_loss_and_roundtrips(hmt, tmp_path):
     # the config's stage and carries the trained adapters and memory parameters on
     _, c2 = lm_task(tmp_path / "next", hmt.lm, pattern, steps=1, trainable="memory+lora",
                     lora_rank=4)
-    c2.checkpoint, c2.hmt.stage = str(tmp_path / "ckpt"), 1
+    c2.checkpoint, c2.hmt.stage, c2.hmt.segment_length = str(tmp_path / "ckpt"), 1, 30
+    from h2mt_jax.errors import ConfigError
     from h2mt_jax.train.hmt_lm import HMTLMTask
 
     task2 = HMTLMTask(c2, lm=hmt.lm, progress=False, tokens=pattern)
@@ -216,6 +217,31 @@ def test_training_lowers_loss_and_roundtrips(hmt, tmp_path):
         np.testing.assert_array_equal(np.asarray(tr["lora"][k]["b"]), np.asarray(ab["b"]))
     np.testing.assert_array_equal(np.asarray(tr["hmt"]["memory"]),
                                   np.asarray(trained.params["memory"]))
+    # Adapters are never dropped or rescaled silently
+    for key, value, match in [("trainable", "memory", "train.trainable=memory\\+lora"),
+                              ("lora_rank", 2, "LoRA rank 4, scale 4; the config asks for rank 2")]:
+        bad = c2.copy_and_resolve_references()
+        bad.train[key] = value
+        with pytest.raises(ConfigError, match=match):
+            HMTLMTask(bad, lm=hmt.lm, progress=False, tokens=pattern)
+    # A stage-1 checkpoint without recall parameters (as converted from the reference) continued
+    # as stage 2 gets fresh ones, so that recall can learn; trained ones are kept
+    import dataclasses
+
+    zero = {**trained.params, "w_q": jnp.zeros_like(trained.params["w_q"]),
+            "w_k": jnp.zeros_like(trained.params["w_k"])}
+    HMT(hmt.lm, dataclasses.replace(CFG, stage=1), zero, trained.lora,
+        trained.lora_scale).save(tmp_path / "stage1")
+    c2.checkpoint, c2.hmt.stage = str(tmp_path / "stage1"), 2
+    task3 = HMTLMTask(c2, lm=hmt.lm, progress=False, tokens=pattern)
+    assert task3.hcfg.stage == 2
+    assert np.abs(np.asarray(task3.hmt.params["w_q"])).max() > 0
+    np.testing.assert_array_equal(np.asarray(task3.hmt.params["memory"]),
+                                  np.asarray(trained.params["memory"]))
+    c2.checkpoint = str(tmp_path / "ckpt")
+    kept = HMTLMTask(c2, lm=hmt.lm, progress=False, tokens=pattern)
+    np.testing.assert_array_equal(np.asarray(kept.hmt.params["w_q"]),
+                                  np.asarray(trained.params["w_q"]))
 
 
 def test_config_from_config_section():

@@ -175,7 +175,7 @@ def test_torch_restatement_trains_as_our_trainer(tmp_path):
         topt.step()
         sched.step()
         # Then every step's loss and the updated parameters agree
-        assert abs(float(loss) - float(tloss)) < 1e-4, step
+        assert abs(float(loss) - float(tloss.detach())) < 1e-4, step
     for name, tp in [("memory", th.memory), ("summary", th.summary), ("w_q", th.w_q),
                      ("w_k", th.w_k)]:
         np.testing.assert_allclose(np.asarray(params[name]), tp.detach().numpy(), atol=2e-4,

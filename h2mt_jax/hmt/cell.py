@@ -171,8 +171,8 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
     `state` the first segment starts the document (peeled off the scan); with `state` every
     segment continues it (streaming in chunks). Returns the final state and the outputs `[s, ...]`.
 
-    `remat` (training): recompute each segment's activations in the backward pass; True or
-    "full" saves nothing inside a segment, "dots" saves the matrix products' outputs
+    `remat` (training): recompute each segment's activations (and the batched summary pass's)
+    in the backward pass; True or "full" saves nothing inside a segment, "dots" saves the matrix products' outputs
     (`jax.checkpoint_policies.dots_saveable`), False or "none" saves everything.
     `skip_padding=False` drops the per-segment `lax.cond` that skips empty segments, for callers
     whose segments are all real (training windows); it also computes the stage-2 summary queries
@@ -184,11 +184,13 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
     def step(st, seg_ids, n, q):
         return next_segment(model, params, cfg, st, seg_ids, n, q)
 
+    queries_fn = lambda p, i, n: summary_queries(model, p, cfg, i, n)  # noqa: E731
     if remat not in (False, "none"):
         if remat not in (True, "full", "dots"):
             raise ValueError(f"remat must be none, full or dots, got {remat!r}")
         policy = jax.checkpoint_policies.dots_saveable if remat == "dots" else None
         step = jax.checkpoint(step, policy=policy)
+        queries_fn = jax.checkpoint(queries_fn, policy=policy)
     first_out = None
     if state is None:
         state, h0 = first_segment(model, params, cfg, ids[0], lengths[0])
@@ -197,7 +199,7 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
         extras = jax.tree.map(lambda e: e[1:], extras)
     queries = None
     if cfg.stage == 2 and not skip_padding and ids.shape[0]:
-        queries = summary_queries(model, params, cfg, ids, lengths)
+        queries = queries_fn(params, ids, lengths)
 
     def real(st, seg_ids, n, extra, q=None):
         st, h = step(st, seg_ids, n, q)

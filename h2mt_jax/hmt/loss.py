@@ -55,7 +55,7 @@ def chunked_nll(head, hidden: Float[Array, "n d"], targets: Int[Array, "n"], chu
     @jax.checkpoint
     def one(carry, xs):
         nll, count = token_nll(head(xs[0]), xs[1])
-        return (carry[0] + nll, carry[1] + count), None
+        return (carry[0] + nll, carry[1] + count.astype(jnp.int32)), None
 
     (nll, count), _ = jax.lax.scan(one, (jnp.float32(0), jnp.int32(0)), (h, t))
     return nll, count

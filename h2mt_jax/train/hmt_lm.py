@@ -17,6 +17,7 @@ import numpy as np
 
 from h2mt_jax.data.items import HUB_HINT, hub_names
 from h2mt_jax.data.records import DataError
+from h2mt_jax.errors import ConfigError
 from h2mt_jax.hmt import HMT, HMTConfig
 from h2mt_jax.hmt.loss import window_loss, window_segments
 from h2mt_jax.lm import backbone_from_config
@@ -39,8 +40,7 @@ class HMTLMTask:
         self.lm = lm or backbone_from_config(config)
         self.hcfg = HMTConfig.from_config(config.hmt)
         if config.checkpoint:
-            self.hmt = HMT.load(config.checkpoint, self.lm)
-            self.hmt.config = dataclasses.replace(self.hmt.config, stage=self.hcfg.stage)
+            self.hmt = self._from_checkpoint(config)
         else:
             self.hmt = HMT.create(self.lm, self.hcfg, seed=config.seed)
         self.hcfg = self.hmt.config
@@ -49,6 +49,31 @@ class HMTLMTask:
         ids = np.asarray(tokens, np.int32)
         held = min(config.data.eval_tokens, len(ids) // 5)
         self.train_ids, self.eval_ids = ids[:len(ids) - held], ids[len(ids) - held:]
+
+    def _from_checkpoint(self, config) -> HMT:
+        """The checkpoint's HMT with the config's stage. Continuing a stage-1 checkpoint as
+        stage 2 re-initialises the recall parameters when they are all zero (a stage-1 reference
+        checkpoint converted by `load_hmt_pytorch` has none; with W_q = W_k = 0 their gradients
+        vanish and recall would stay a uniform average). Adapters need `train.trainable =
+        memory+lora` with the checkpoint's rank and scale (they are trained on, not dropped)."""
+        hmt = HMT.load(config.checkpoint, self.lm)
+        t = config.train
+        if hmt.config.stage == 1 and self.hcfg.stage == 2 and all(
+                not np.any(np.asarray(hmt.params[k])) for k in ("w_q", "w_k")):
+            fresh = HMT.create(self.lm, hmt.config, seed=config.seed).params
+            hmt.params = {**hmt.params, **{k: fresh[k] for k in ("summary", "w_q", "w_k")}}
+        hmt.config = dataclasses.replace(hmt.config, stage=self.hcfg.stage)
+        if hmt.lora is not None:
+            rank = int(np.shape(next(iter(hmt.lora.values()))["a"])[-1])
+            if t.trainable != "memory+lora":
+                raise ConfigError(f"{config.checkpoint} carries LoRA adapters: continue it with "
+                                  f"train.trainable=memory+lora (got {t.trainable!r})")
+            if rank != t.lora_rank or abs(hmt.lora_scale - lora_scale(t)) > 1e-6:
+                raise ConfigError(
+                    f"{config.checkpoint} has LoRA rank {rank}, scale {hmt.lora_scale:g}; the "
+                    f"config asks for rank {t.lora_rank}, scale {lora_scale(t):g} "
+                    f"(train.lora_rank, train.lora_alpha)")
+        return hmt
 
     def _read_text(self, data) -> np.ndarray:
         from h2mt_jax.data.wikitext import load_wikitext
