@@ -161,8 +161,13 @@ def main():
                 rows = [json.loads(line) for line in f]
             last = {r["step"]: r for r in rows if r["split"] == "train"}  # resumed: the last try
             per_stage[name] = [last[k] for k in sorted(last)]
+        trained_hmt = HMT.load(os.path.join(stages["stage2"][0].workdir, "model"), lm=lm)
+        # The same isolated segments read by the trained backbone (adapters merged): how much of
+        # the drop the adapters alone explain, without the memory.
+        iso_adapted = (isolated_ppl(trained_hmt.merged_lm, eval_ids, length)
+                       if trained_hmt.lora else None)
         if args.save:
-            HMT.load(os.path.join(stages["stage2"][0].workdir, "model"), lm=lm).save(args.save)
+            trained_hmt.save(args.save)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -189,7 +194,10 @@ def main():
            "train_tokens_available": int(len(task.train_ids)), "eval_tokens": int(len(eval_ids)),
            "hmt_config": cfg.to_dict(), "tokens_per_segment": length,
            "train": train,
-           "ppl": {"isolated_segments": iso, "hmt_stage2_untrained": untrained["ppl"],
+           "ppl": {"isolated_segments": iso,
+                   **({"isolated_segments_trained_adapters": iso_adapted}
+                      if iso_adapted is not None else {}),
+                   "hmt_stage2_untrained": untrained["ppl"],
                    **({"hmt_stage1_trained": stages["stage1"][1]["after"]["ppl"]}
                       if "stage1" in stages else {}),
                    "hmt_stage2_trained": after["ppl"]},
