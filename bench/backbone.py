@@ -79,21 +79,15 @@ def main():
     import transformers
 
     import h2mt_jax
+    from bench.hmt_reference import transformers_model
     from h2mt_jax.generation.decode import decode, prefill_tokens
     from h2mt_jax.generation.sampling import Sampling
-    from h2mt_jax.weights import resolve
 
     transformers.logging.set_verbosity_error()
     lm = h2mt_jax.load_lm(args.model)
     lm_bf16 = h2mt_jax.load_lm(args.model, dtype="bfloat16", tokenizer=False)
     cfg = lm.config
-    src = resolve(args.model)
-    if src.kind == "gguf":
-        ref = transformers.AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(src.path), gguf_file=os.path.basename(src.path), dtype=torch.float32)
-    else:
-        ref = transformers.AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32)
-    ref.eval()
+    ref = transformers_model(args.model).eval()
     rng = np.random.default_rng(0)
     out = {"bench": "backbone", "model": args.model, "machine": platform.machine(),
            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,

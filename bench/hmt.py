@@ -13,9 +13,9 @@ Prints one JSON object:
     python bench/hmt.py --tiny     # a quick check of the bench: tiny random backbone, short texts
 
 `--train` instead prints HMT training side by side with the reference, in one run: ours (the
-trainer's jitted step, `configs/wikitext.py`) and the reference (OswaldHe/HMT-pytorch when it can
-run here, else its PyTorch restatement `bench/hmt_reference.py`, see `reference_importable`) on
-the same weights, windows and AdamW, with all parameters trained (the reference's setting) and
+trainer's jitted step, `configs/wikitext.py`) and the reference's training step as restated in
+PyTorch by `bench/hmt_reference.py` (the public OswaldHe/HMT-pytorch needs CUDA; the JSON says
+whether it could run here, `reference_importable`) on the same weights, windows and AdamW, with all parameters trained (the reference's setting) and
 with the memory parameters only; ours also with a bfloat16 backbone. Each configuration runs in
 its own process (its peak memory is its own), the configurations take turns for `--rounds`
 rounds, and the medians are reported: tokens/s, compile time, first step, peak resident memory,
@@ -154,7 +154,7 @@ def train_one(impl: str, trainable: str, model: str, steps: int, remat: str,
 
     import h2mt_jax
     from configs.wikitext import get_config
-    from h2mt_jax.hmt import HMT, HMTConfig
+    from h2mt_jax.hmt import HMTConfig
 
     c = get_config()
     c.hmt.segment_length, c.hmt.num_sensory = SEGMENT, SENSORY
@@ -179,32 +179,18 @@ def train_one(impl: str, trainable: str, model: str, steps: int, remat: str,
     return out
 
 
-def torch_model_of(model: str):
-    """The transformers PyTorch model with the same weights as our backbone `model`."""
-    import torch
-    import transformers
-
-    from h2mt_jax.weights.registry import resolve
-
-    transformers.logging.set_verbosity_error()
-    src = resolve(model)
-    if src.path.endswith(".gguf"):
-        return transformers.AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(src.path), gguf_file=os.path.basename(src.path), dtype=torch.float32)
-    return transformers.AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32)
-
-
 def torch_throughput(lm, model: str, hcfg, c, tokens, steps: int) -> dict:
     """The reference's training step in PyTorch (restated, `bench/hmt_reference.py`): forward
     through the window, loss on the last segment, backward, gradient clipping, AdamW."""
     import numpy as np
     import torch
 
-    from bench.hmt_reference import TorchHMT, reference_importable, torch_optimizer
+    from bench.hmt_reference import (TorchHMT, reference_importable, torch_optimizer,
+                                     transformers_model)
     from h2mt_jax.hmt import HMT
 
     usable, why = reference_importable(os.environ.get("HMT_PYTORCH_DIR"))
-    th = TorchHMT.from_hmt(torch_model_of(model).train(), HMT.create(lm, hcfg, seed=c.seed))
+    th = TorchHMT.from_hmt(transformers_model(model).train(), HMT.create(lm, hcfg, seed=c.seed))
     if c.train.trainable != "all":
         for p in th.model.parameters():
             p.requires_grad_(False)
@@ -227,7 +213,8 @@ def torch_throughput(lm, model: str, hcfg, c, tokens, steps: int) -> dict:
         seconds.append(time.perf_counter() - t0)
     n = DEPTH * th.length
     return {"reference": "PyTorch restatement (bench/hmt_reference.py)",
-            "public_reference_usable_here": usable, "public_reference_why": why, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "public_reference_usable_here": usable, "public_reference_why": why,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
             "tokens_per_s": float(np.median([n / s for s in seconds[1:]])),
             "tokens_per_step": n, "compile_s": 0.0, "first_step_s": seconds[0],
             "step_s": seconds, "rss_after_setup_mb": rss_setup}

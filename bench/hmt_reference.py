@@ -134,6 +134,21 @@ def torch_optimizer(params, lr: float, warmup: int, steps: int, weight_decay: fl
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, torch_schedule(lr, warmup, steps, decay))
 
 
+def transformers_model(name: str):
+    """The transformers PyTorch model (fp32) with the same weights as our backbone `name`: a
+    registry name (its GGUF), a checkpoint directory or a .gguf file."""
+    import transformers
+
+    from h2mt_jax.weights import resolve
+
+    transformers.logging.set_verbosity_error()
+    src = resolve(name)
+    if src.kind == "gguf":
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(src.path), gguf_file=os.path.basename(src.path), dtype=torch.float32)
+    return transformers.AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32)
+
+
 def save_random_llama(directory: str, seed: int = 0, **sizes) -> str:
     """Saves a small random transformers Llama (safetensors + config.json) that both frameworks
     load (`h2mt_jax.load_lm(directory)`, `AutoModelForCausalLM.from_pretrained(directory)`)."""

@@ -74,7 +74,7 @@ def main():
 
     import h2mt_jax
     from bench.hmt_reference import (TorchHMT, reference_importable, save_random_llama,
-                                     torch_optimizer)
+                                     torch_optimizer, transformers_model)
     from configs.wikitext import get_config
     from h2mt_jax.hmt.loss import window_segments
     from h2mt_jax.train import trainer
@@ -126,11 +126,7 @@ def main():
     eval_fn = jax.jit(lambda tr, fr, b: task.loss(tr, fr, b)[0])
 
     # The reference: the same backbone weights from disk, the same memory parameters.
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    th = TorchHMT.from_hmt(model.train(), task.hmt)
+    th = TorchHMT.from_hmt(transformers_model(model_dir).train(), task.hmt)
     if args.trainable != "all":
         for p in th.model.parameters():
             p.requires_grad_(False)

@@ -163,7 +163,7 @@ def next_segment(model, params: HMTParams, cfg: HMTConfig, state: HMTState, ids:
 def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b l"],
                  lengths: Int[Array, "s"], out_fn, extras: PyTree = None, *,
                  state: HMTState | None = None, remat: bool | str = False,
-                 skip_padding: bool = True, unroll: int | bool = 1) -> tuple[HMTState, PyTree]:
+                 skip_padding: bool = True) -> tuple[HMTState, PyTree]:
     """Reads segments in order and stacks `out_fn(hidden [b, l, d], state, extra)` per segment.
 
     `state` is the state after the segment (its `memory` is the segment's new memory) and `extra`
@@ -172,13 +172,12 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
     segment continues it (streaming in chunks). Returns the final state and the outputs `[s, ...]`.
 
     `remat` (training): recompute each segment's activations (and the batched summary pass's)
-    in the backward pass; True or "full" saves nothing inside a segment, "dots" saves the matrix products' outputs
-    (`jax.checkpoint_policies.dots_saveable`), False or "none" saves everything.
+    in the backward pass; True or "full" saves nothing inside a segment, "dots" saves the matrix
+    products' outputs (`jax.checkpoint_policies.dots_saveable`), False or "none" saves everything.
     `skip_padding=False` drops the per-segment `lax.cond` that skips empty segments, for callers
     whose segments are all real (training windows); it also computes the stage-2 summary queries
     of all segments in one batched pass before the recurrence (`summary_queries`), which
-    the skipping path does not do, since padding segments would pay for theirs. `unroll` is
-    passed to `lax.scan`.
+    the skipping path does not do, since padding segments would pay for theirs.
     """
 
     def step(st, seg_ids, n, q):
@@ -217,7 +216,7 @@ def run_segments(model, params: HMTParams, cfg: HMTConfig, ids: Int[Array, "s b 
 
         return jax.lax.cond(n > 0, real, skip, st, seg_ids, n, extra)
 
-    state, outs = jax.lax.scan(body, state, (ids, lengths, extras, queries), unroll=unroll)
+    state, outs = jax.lax.scan(body, state, (ids, lengths, extras, queries))
     if first_out is not None:
         outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], 0), first_out, outs)
     return state, outs

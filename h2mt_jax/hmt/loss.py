@@ -63,7 +63,7 @@ def chunked_nll(head, hidden: Float[Array, "n d"], targets: Int[Array, "n"], chu
 
 def window_loss(trainable, graphdef, bparams, ids, targets, lengths, *, cfg: HMTConfig,
                 lora_scale: float, loss_segments: int, remat: bool | str = False,
-                logit_chunk: int = 0, unroll: int | bool = 1):
+                logit_chunk: int = 0):
     """Mean next-token loss on the last `loss_segments` segments of each window.
 
     `trainable`: {"hmt": memory params, "lora"?: adapters}; `bparams`: the backbone's params;
@@ -71,11 +71,11 @@ def window_loss(trainable, graphdef, bparams, ids, targets, lengths, *, cfg: HMT
     through the LM head (the reference computes logits for every segment and drops most);
     `logit_chunk` bounds the logits held at once (`chunked_nll`). Every segment of a window is
     real, so the recurrence runs without the padding test and with the summary queries batched
-    (`run_segments(skip_padding=False)`); `unroll` segments per scan iteration."""
+    (`run_segments(skip_padding=False)`)."""
     model = nnx.merge(graphdef, merge_lora(bparams, trainable.get("lora"), lora_scale))
     _, hidden = run_segments(model, trainable["hmt"], cfg, ids, lengths,
-                             lambda h, st, e: h, remat=remat, skip_padding=False,
-                             unroll=unroll)  # [D, B, L, d]
+                             lambda h, st, e: h, remat=remat,
+                             skip_padding=False)  # [D, B, L, d]
     h = hidden[-loss_segments:]
     nll, count = chunked_nll(model.logits, h.reshape(-1, h.shape[-1]),
                              targets[-loss_segments:].reshape(-1), logit_chunk)

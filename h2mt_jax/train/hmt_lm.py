@@ -11,7 +11,6 @@ import os
 import time
 
 import grain
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -101,10 +100,8 @@ class HMTLMTask:
                 .map(make).batch(t.batch_size, drop_remainder=True))
 
     def init(self, key) -> dict:
-        tr = init_trainable({"hmt": self.hmt.params}, self.lm, self.config.train, key)
-        if self.hmt.lora is not None and "lora" in tr:  # a loaded checkpoint's adapters go on
-            tr["lora"] = jax.tree.map(jnp.copy, self.hmt.lora)
-        return tr
+        return init_trainable({"hmt": self.hmt.params}, self.lm, self.config.train, key,
+                              lora=self.hmt.lora)
 
     def frozen(self):
         return {} if self.config.train.trainable == "all" else self.lm.params

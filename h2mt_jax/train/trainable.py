@@ -17,14 +17,16 @@ def lora_scale(t) -> float:
     return t.lora_alpha / max(t.lora_rank, 1)
 
 
-def init_trainable(params_tree: dict, lm, t, key) -> dict:
-    """The trainable pytree: {"h2mt"|"hmt": ..., "lora"?: ..., "backbone"?: ...}."""
+def init_trainable(params_tree: dict, lm, t, key, lora=None) -> dict:
+    """The trainable pytree: {"h2mt"|"hmt": ..., "lora"?: ..., "backbone"?: ...}. `lora`: the
+    adapters to start from (a loaded checkpoint's) when LoRA is trained; else fresh ones."""
     if t.trainable not in TRAINABLE:
         raise ConfigError(f"train.trainable must be one of {', '.join(TRAINABLE)}, got "
                           f"{t.trainable!r}")
     out = jax.tree.map(jnp.copy, dict(params_tree))  # copies: the train state is donated
     if t.trainable == "memory+lora":
-        out["lora"] = init_lora(lm.params, t.lora_rank, key)
+        out["lora"] = (jax.tree.map(jnp.copy, lora) if lora is not None
+                       else init_lora(lm.params, t.lora_rank, key))
     if t.trainable == "all":
         out["backbone"] = jax.tree.map(jnp.copy, lm.params)
     return out
@@ -36,10 +38,8 @@ class H2MTTrainable:
     of a trained pytree and its export. Needs `config`, `lm`, `h2mt` and `cfg`."""
 
     def init(self, key) -> dict:
-        tr = init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key)
-        if self.h2mt.lora is not None and "lora" in tr:
-            tr["lora"] = jax.tree.map(jnp.copy, self.h2mt.lora)
-        return tr
+        return init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key,
+                              lora=self.h2mt.lora)
 
     def frozen(self):
         return {} if self.config.train.trainable == "all" else self.lm.params
