@@ -37,8 +37,9 @@ def test_the_fit_finds_the_score_that_carries_the_signal(rng):
         dense[gold] = 0.9
         samples.append(LeafSample({"bm25": bm25, "dense": dense}, frozenset({gold})))
     best, rows = fit_fusion(samples, k=1)
-    bm25_alone = next(r for r in rows if r["w_dense"] == 0.0 and r["fuse"] == "weighted")
-    assert best["w_dense"] > 0 and best["recall"] > bm25_alone["recall"]
+    bm25_alone = next(r for r in rows if r["weights"] == {"bm25": 1.0, "dense": 0.0}
+                      and r["fuse"] == "weighted")
+    assert best["weights"]["dense"] > 0 and best["recall"] > bm25_alone["recall"]
     assert best["recall"] == max(r["recall"] for r in rows)
     assert recall_at(samples[0], np.arange(12), 12) == 1.0
     with pytest.raises(ValueError, match="at least one sample"):

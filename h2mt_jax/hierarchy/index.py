@@ -35,6 +35,7 @@ class Index:
     timings: dict = dataclasses.field(default_factory=dict)
     kv: LeafKV | None = None  # per-leaf KV caches (built with kv_store), for memory_kv / leaf_kv
     node_vectors: np.ndarray | None = None  # [n_nodes, d] dense routing vectors (spec ids)
+    sentence_vectors: np.ndarray | None = None  # [n_sentences, d]: node_scores.leaf_sentences
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -80,12 +81,16 @@ class Index:
         if self.node_vectors is not None:
             atomic_write(os.path.join(directory, "node_vectors.npy"),
                          lambda f: np.save(f, np.asarray(self.node_vectors, np.float32)))
+        if self.sentence_vectors is not None:
+            atomic_write(os.path.join(directory, "sentence_vectors.npy"),
+                         lambda f: np.save(f, np.asarray(self.sentence_vectors, np.float32)))
         write_meta(os.path.join(directory, "index.json"), FORMAT, indent=None,
                    doc_id=self.doc_id, text=self.text, build=dataclasses.asdict(self.build),
                    timings=self.timings, leaf_tokens=self.spec.leaf_tokens,
                    leaf_spans=self.spec.leaf_spans, children=self.spec.children,
                    titles=self.spec.titles, kv=None if self.kv is None else self.kv.meta(),
                    node_vectors=self.node_vectors is not None,
+                   sentence_vectors=self.sentence_vectors is not None,
                    padding={"leaves": self.tree.num_leaf_slots, "nodes": self.tree.num_nodes,
                             "height": self.tree.max_height,
                             "width": int(self.tree.level_nodes.shape[1])})
@@ -125,8 +130,18 @@ class Index:
             if vectors.shape[0] != spec.n_nodes:
                 raise ValueError(f"{directory}: node_vectors.npy has {vectors.shape[0]} rows, "
                                  f"the tree {spec.n_nodes} nodes")
-        return cls(text, spec, tree, memories, build, meta.get("doc_id", ""),
-                   meta.get("timings", {}), kv, vectors)
+        index = cls(text, spec, tree, memories, build, meta.get("doc_id", ""),
+                    meta.get("timings", {}), kv, vectors)
+        if meta.get("sentence_vectors"):
+            from h2mt_jax.hierarchy.node_scores import leaf_sentences
+
+            sv = np.load(os.path.join(directory, "sentence_vectors.npy"), allow_pickle=False)
+            want = len(leaf_sentences(index)[0])
+            if sv.ndim != 2 or sv.shape[0] != want:
+                raise ValueError(f"{directory}: sentence_vectors.npy has shape {sv.shape}, the "
+                                 f"leaves hold {want} sentences")
+            index.sentence_vectors = sv
+        return index
 
 
 def validate_stored_tree(spec: TreeSpec, build: BuildConfig, text: str, pad: dict,

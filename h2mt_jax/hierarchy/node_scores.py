@@ -9,8 +9,15 @@ sentence embedder) and their fusion with the learned memory score.
 - `dense`: cosine between the question's and each node's all-MiniLM-L6-v2 embedding; a leaf
   embeds its text, an inner node is the normalised mean of its children's vectors
   (`Index.node_vectors`, computed at build time).
+- `bm25_sent`, `dense_sent`: the same two scores per sentence (a leaf's sentences as
+  `parse.split_sentences` cuts them, each with the leaf's heading path; BM25 statistics over the
+  document's sentences), a leaf scoring its best sentence and an inner node the max over its
+  children. A leaf holding all the asked words in one sentence outranks one holding them in
+  different sentences, which matters most for the second hop's short bridge query
+  (`bench/fit_fusion.py` measures it).
 - `fused`: per question, each kind's scores are min-max normalised over the tree's nodes and
-  summed with weights `w_bm25`, `w_dense`, `w_memory` (the learned score as a residual), or
+  summed with weights `w_bm25`, `w_dense`, `w_bm25_sent`, `w_dense_sent`, `w_memory` (the
+  learned score as a residual), or
   combined by reciprocal-rank fusion `Σ_kind w_kind / (60 + rank_kind)` (`fuse="rrf"`).
 Per-node arrays arrive padded like the tree, so the beam keeps its static shapes.
 """
@@ -21,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from h2mt_jax.data.terms import terms
+from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.route import MASKED
 
 RRF_K = 60.0
@@ -35,16 +43,50 @@ def leaf_texts(index) -> list[str]:
     return out
 
 
+def leaf_sentences(index) -> tuple[list[str], np.ndarray]:
+    """(texts, owner): every leaf's sentences in document order, each after its leaf's heading
+    path, and the leaf id `[n_sentences]` each belongs to (a leaf without a sentence boundary is
+    one sentence). Computed once per index and kept on it."""
+    cache = index.__dict__.setdefault("_sentences", {})
+    if "s" not in cache:
+        spec, texts, owner = index.spec, [], []
+        for i, (s, e) in enumerate(spec.leaf_spans):
+            title = spec.titles[i]
+            for a, b in parse.split_sentences(index.text, s, e) or [(s, e)]:
+                texts.append(f"{title}\n{index.text[a:b]}" if title else index.text[a:b])
+                owner.append(i)
+        cache["s"] = (texts, np.asarray(owner, np.int64))
+    return cache["s"]
+
+
+def inner_max(spec, leaf_scores: np.ndarray) -> np.ndarray:
+    """Every spec node's score `[n_nodes]`: the leaves' as given, an inner node the max over its
+    children."""
+    out = np.zeros(spec.n_nodes, np.float32)
+    out[:spec.n_leaves] = leaf_scores
+    for n in range(spec.n_leaves, spec.n_nodes):  # children have smaller ids
+        out[n] = max(out[c] for c in spec.children[n])
+    return out
+
+
+def best_sentence(owner: np.ndarray, sentence_scores: np.ndarray, n_leaves: int) -> np.ndarray:
+    """Each leaf's best sentence score `[n_leaves]`."""
+    out = np.full(n_leaves, -np.inf, np.float32)
+    np.maximum.at(out, owner, np.asarray(sentence_scores, np.float32))
+    return out
+
+
 def bm25_model(index, inner: str):
     """The document's BM25 statistics (`rank_bm25.BM25Okapi`) over its leaves ("max") or all its
     nodes' texts ("subtree"): built once per index and kept on it, not once per question."""
     from rank_bm25 import BM25Okapi
 
-    if inner not in ("max", "subtree"):
+    if inner not in ("max", "subtree", "sentence"):
         raise ValueError(f"bm25_inner must be max or subtree, got {inner!r}")
     cache = index.__dict__.setdefault("_bm25", {})
     if inner not in cache:
-        spec, texts = index.spec, leaf_texts(index)
+        spec = index.spec
+        texts = leaf_sentences(index)[0] if inner == "sentence" else leaf_texts(index)
         if inner == "subtree":
             texts = texts + [" ".join(texts[i] for i in spec.leaves_under(n))
                              for n in range(spec.n_leaves, spec.n_nodes)]
@@ -54,15 +96,27 @@ def bm25_model(index, inner: str):
 
 def bm25_scores(index, question: str, inner: str = "max") -> np.ndarray:
     """BM25 of `question` for every spec node `[n_nodes]` (see the module docstring)."""
-    spec = index.spec
     scores = np.asarray(bm25_model(index, inner).get_scores(terms(question)), np.float32)
     if inner == "subtree":
         return scores
-    out = np.zeros(spec.n_nodes, np.float32)
-    out[:spec.n_leaves] = scores
-    for n in range(spec.n_leaves, spec.n_nodes):  # children have smaller ids
-        out[n] = max(out[c] for c in spec.children[n])
-    return out
+    return inner_max(index.spec, scores)
+
+
+def bm25_sentence_scores(index, question: str) -> np.ndarray:
+    """`bm25_sent` for every spec node `[n_nodes]`: BM25 of `question` against each sentence
+    (statistics over the document's sentences), a leaf's best sentence, inner nodes the max over
+    their children."""
+    scores = bm25_model(index, "sentence").get_scores(terms(question))
+    return inner_max(index.spec, best_sentence(leaf_sentences(index)[1], scores,
+                                               index.spec.n_leaves))
+
+
+def dense_sentence_scores(index, sentence_vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """`dense_sent` for every spec node `[n_nodes]`: cosine of the question vector `q` `[d]`
+    with each sentence's unit vector `[n_sentences, d]`, a leaf's best sentence, inner nodes the
+    max over their children."""
+    return inner_max(index.spec, best_sentence(leaf_sentences(index)[1], sentence_vectors @ q,
+                                               index.spec.n_leaves))
 
 
 def node_vectors(spec, leaf_vectors: np.ndarray) -> np.ndarray:
