@@ -7,10 +7,11 @@
 - Held-out synthetic manuals (the demo's: seed 0, documents 16..19): recall@k of the gold leaves,
   split into single-evidence and two-hop questions.
 Scores: memory (the learned score; untrained unless --checkpoint), bm25, dense
-(all-MiniLM-L6-v2), fused (weighted min-max sum of bm25 and dense, optionally + memory) and
+(all-MiniLM-L6-v2), their per-sentence forms (bm25_sent, dense_sent), fused (weighted min-max sum of bm25 and dense, optionally + memory) and
 fused_rrf (reciprocal-rank fusion), each with beam and flat routing, one hop and two (the
 second hop's query built three ways, `h2mt.hop_query`, and one gated variant, `h2mt.hop_gate`,
-with how often its second hop fired); BM25 over the leaves (`rag_bm25`'s ranking) and the oracle
+with how often its second hop fired; `fused_2hop_learned_gate` needs a checkpoint with a fitted
+gate, `bench/fit_fusion.py --save-into`), `shipped` (the checkpoint's own routing); BM25 over the leaves (`rag_bm25`'s ranking) and the oracle
 beside them. Every k routes on its own (a beam of width k). HotpotQA is also split by question
 type (bridge, comparison). Also: routing latency (question encoding + scoring + beam) at 2k and
 32k document tokens, and on the 32k document the time to first token of a few routers' answers
@@ -48,9 +49,19 @@ SCORES = {"memory": {"route_score": "memory"}, "bm25": {"route_score": "bm25"},
           "fused_fit_2hop": {"route_score": "fused", "w_dense": 1.5, "hops": 2},
           "fused_2hop_sum": {"route_score": "fused", "hops": 2, "hop_merge": "sum"},
           "fused_fit_2hop_sum": {"route_score": "fused", "w_dense": 1.5, "hops": 2,
-                                 "hop_merge": "sum"}}
-SCORES = {name: {**ONE_HOP, "hop_query": "bridge", "hop_gate": 0.0, "hop_merge": "second", **kw}
+                                 "hop_merge": "sum"},
+          "bm25_sent": {"route_score": "bm25_sent"}, "dense_sent": {"route_score": "dense_sent"},
+          "fused_all": {"route_score": "fused", "w_bm25_sent": 1.0, "w_dense_sent": 1.0},
+          "fused_all_2hop": {"route_score": "fused", "w_bm25_sent": 1.0, "w_dense_sent": 1.0,
+                             "hops": 2},
+          "fused_sent_2hop": {"route_score": "fused", "w_bm25": 0.0, "w_dense": 0.0,
+                              "w_bm25_sent": 1.0, "w_dense_sent": 1.0, "hops": 2},
+          "fused_2hop_learned_gate": {"route_score": "fused", "hops": 2, "hop_gate": 0.5,
+                                      "hop_gate_score": "learned"}}
+SCORES = {name: {**ONE_HOP, "hop_query": "bridge", "hop_gate": 0.0, "hop_merge": "second",
+                 "hop_gate_score": "margin", "w_bm25_sent": 0.0, "w_dense_sent": 0.0, **kw}
           for name, kw in SCORES.items()}  # explicit: nothing is taken from a checkpoint
+SCORES["shipped"] = {}  # the checkpoint's own routing (--checkpoint), whatever it is
 
 
 def bm25_rank(texts: list[str], question: str) -> list[int]:
@@ -99,7 +110,7 @@ def main():
     routers = {}
     for name in args.scores.split(","):
         routers[name] = H2MT(lm, base.config.replace(**SCORES[name]), base.params, base.lora,
-                             base.lora_scale)
+                             base.lora_scale, base.hop_gate)
         routers[name]._embedder = base.embedder if name != "memory" else None
     methods = [f"{s}_{r}" for s in routers for r in ("beam", "flat")] + ["bm25_leaves", "oracle"]
 

@@ -59,15 +59,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.leaf_batch = 32  # leaves per encoding call
     c.h2mt.answer_from = "memory"  # memory | memory_kv | leaf_kv | text (what the answer reads)
     c.h2mt.kv_store = "none"  # none | bfloat16 | int8 | float32: keep leaf KV caches in indexes
-    c.h2mt.route_score = "memory"  # memory | bm25 | dense | fused: what the router ranks by
+    c.h2mt.route_score = "memory"  # memory | bm25 | dense | bm25_sent | dense_sent | fused
     c.h2mt.fuse = "weighted"  # weighted (min-max normalised sum) | rrf
     c.h2mt.w_bm25 = 1.0  # fused weights
     c.h2mt.w_dense = 1.0
+    c.h2mt.w_bm25_sent = 0.0  # per-sentence BM25 / MiniLM: a leaf scores its best sentence
+    c.h2mt.w_dense_sent = 0.0
     c.h2mt.w_memory = 0.0
     c.h2mt.bm25_inner = "max"  # max | subtree: an inner node's BM25
     c.h2mt.hops = 1  # 1 | 2: a second hop for bridge questions (hierarchy/hops.py)
     c.h2mt.hop_query = "bridge"  # leaf | sentence | bridge: what the second hop routes with
-    c.h2mt.hop_gate = 0.0  # the second hop fires from this BM25 margin of the best leaf (0: always)
+    c.h2mt.hop_gate = 0.0  # the second hop fires from this hop_gate_score (0: always)
+    c.h2mt.hop_gate_score = "margin"  # margin (BM25 margin of the best leaf) | learned (a
+    # checkpoint's fitted gate: bench/fit_fusion.py --save-into)
     c.h2mt.hop_merge = "second"  # second | sum: the answer's other leaves (hierarchy/h2mt.py route)
     c.h2mt.enc_lora_rank = 0  # LoRA rank of the memory encoder (leaf and parent passes); 0: none
 
@@ -121,6 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_new_tokens = 0  # 0: the dataset's LongBench generation length
     c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods
     c.eval.warmup = True  # one unrecorded answer per method first (compilation not timed)
+    c.eval.warmup_each = False  # a one-token unrecorded answer before every example instead:
+    # each document's tree and prompt shapes compiled before its timed answer (warm TTFT)
     c.eval.tree_text = False  # train.py: also answer from the routed leaves' text (tree_text_f1)
     c.eval.answer_modes = "memory"  # train.py: the H²MT answer modes evaluated (memory,
     # memory_kv, leaf_kv: `<mode>_f1`; the KV modes build indexes with KV caches)

@@ -32,11 +32,14 @@ def get_config(arg: str | None = None):
     c.h2mt.mem_tokens = 16
     c.h2mt.enc_lora_rank = 8
     c.h2mt.k = 2
-    # the shipped routing, the best measured on documents never trained on
-    # (bench/results/routing_scores.json): BM25 and MiniLM scores min-max normalised and summed
-    # (1:1), and a second hop with the bridge (hierarchy/hops.py)
+    # the shipped routing, fit on training documents (bench/fit_fusion.py, whose --save-into
+    # then adds the learned hop gate) and measured on documents never trained on
+    # (bench/results/routing_scores.json): per-sentence BM25 and MiniLM scores, min-max
+    # normalised and summed, and a second hop with the bridge (hierarchy/hops.py)
     c.h2mt.route_score = "fused"
     c.h2mt.fuse = "weighted"
+    c.h2mt.w_bm25, c.h2mt.w_dense = 0.0, 0.0
+    c.h2mt.w_bm25_sent, c.h2mt.w_dense_sent = 1.0, 1.0
     c.h2mt.hops = 2
     c.h2mt.hop_query = "bridge"
     c.train.trainable = "memory+lora"

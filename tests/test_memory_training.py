@@ -4,6 +4,8 @@ teacher's text pass, and bad input."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -285,3 +287,25 @@ def test_text_baselines_also_run_with_the_checkpoint_adapters(tmp_path, adapted)
     c.checkpoint = ""
     with pytest.raises(ValueError, match="baseline_adapters"):
         run_evaluation(c, lm=adapted.lm, progress=False)
+
+
+def test_warmup_each_compiles_every_example_before_its_timed_answer(tmp_path, adapted,
+                                                                    monkeypatch):
+    import h2mt_jax.eval.runner as runner
+    from configs.longbench import get_config as lb_config
+    from conftest import shared_data
+
+    calls = []
+    monkeypatch.setattr(runner, "warm_up", lambda method, it, settings, new_tokens=None:
+                        calls.append((it.qid or it.doc_id, new_tokens)))
+    c = lb_config("tiny")
+    c.data.path, c.method = str(shared_data("longbench", "qasper.jsonl")), "rag_bm25"
+    c.output, c.eval.max_examples = str(tmp_path / "o.json"), 2
+    runner.run_evaluation(c, lm=adapted.lm, progress=False)
+    assert len(calls) == 1 and calls[0][1] is None  # the default: the first example, once
+    calls.clear()
+    c.eval.warmup_each, c.output = True, str(tmp_path / "each.json")
+    runner.run_evaluation(c, lm=adapted.lm, progress=False)
+    with open(c.output) as f:
+        ids = [row["id"] for row in json.load(f)["examples"]]
+    assert len(ids) == 2 and [x[0] for x in calls] == ids and all(x[1] == 1 for x in calls)

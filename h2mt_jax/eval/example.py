@@ -76,11 +76,13 @@ def evaluate_example(method, item: QAItem, settings: EvalSettings) -> dict:
     return row
 
 
-def warm_up(method, item: QAItem, settings: EvalSettings) -> None:
-    """One unrecorded answer, so compilation is not counted in the first example's TTFT."""
+def warm_up(method, item: QAItem, settings: EvalSettings, new_tokens: int | None = None
+            ) -> None:
+    """One unrecorded answer (of `new_tokens`, default the dataset's), so compilation is not
+    counted in the example's TTFT."""
     try:
         method.prepare(item.doc_id, item.context, fmt=item.fmt, outline=item.outline)
         method.answer(item.doc_id, item.context, item.question, settings.template(item.dataset),
-                      settings.new_tokens(item.dataset), gold_spans=item.gold_spans)
+                      new_tokens or settings.new_tokens(item.dataset), gold_spans=item.gold_spans)
     except ValueError:
         pass

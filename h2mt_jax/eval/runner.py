@@ -79,7 +79,7 @@ def settings_hash(config) -> str:
             "checkpoint": config.checkpoint, "hmt_checkpoint": config.get("hmt_checkpoint", ""),
             "h2mt": config.h2mt.to_dict(), "hmt": config.hmt.to_dict(),
             "eval": {k: v for k, v in config.eval.to_dict().items()
-                     if k not in ("max_examples", "warmup")},  # neither changes a row
+                     if k not in ("max_examples", "warmup", "warmup_each")},  # no row changes
             "data": {k: v for k, v in config.data.to_dict().items()
                      if k not in ("limit", "on_error")}}
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -207,9 +207,12 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
                              kv_store=kv_store)
         method.name = label
         todo = [it for it in items if (label, it.qid or it.doc_id) not in done]
-        if todo and config.eval.get("warmup", True):
+        each = config.eval.get("warmup_each", False)
+        if todo and config.eval.get("warmup", True) and not each:
             warm_up(method, todo[0], settings)
         for it in tqdm(todo, desc=f"evaluating {label}", disable=not progress):
+            if each:  # every item's shapes compiled before its timed answer
+                warm_up(method, it, settings, new_tokens=1)
             row = evaluate_example(method, it, settings)
             row["settings"] = settings_key
             if name in H2MT_METHODS and name != index_owner:

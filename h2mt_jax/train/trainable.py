@@ -35,7 +35,8 @@ def init_trainable(params_tree: dict, lm, t, key, lora=None) -> dict:
 class H2MTTrainable:
     """What the H²MT tasks (`h2mt_qa`, `memory_lm`) share: the trainable pytree from their
     `h2mt` (a loaded checkpoint's decoder adapters carried over), the frozen backbone, the H2MT
-    of a trained pytree and its export. Needs `config`, `lm`, `h2mt` and `cfg`."""
+    of a trained pytree and its export (the starting H2MT's fitted hop gate carried over: no
+    gradient reaches it). Needs `config`, `lm`, `h2mt` and `cfg`."""
 
     def init(self, key) -> dict:
         return init_trainable({"h2mt": self.h2mt.params}, self.lm, self.config.train, key,
@@ -49,7 +50,7 @@ class H2MTTrainable:
 
         lm = self.lm.with_params(trainable["backbone"]) if "backbone" in trainable else self.lm
         return H2MT(lm, self.cfg, trainable["h2mt"], trainable.get("lora"),
-                    lora_scale(self.config.train))
+                    lora_scale(self.config.train), self.h2mt.hop_gate)
 
     def export(self, trainable, directory) -> None:
         self.model(trainable).save(directory)
