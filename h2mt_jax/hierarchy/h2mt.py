@@ -323,21 +323,23 @@ class H2MT:
             self._qvec = (question, self.embedder.embed([question])[0])
         return self._qvec[1]
 
+    def summary_vector(self, ids: list[int]) -> jnp.ndarray:
+        """The question's summary vector `s` `[d]` that the learned score reads
+        (`route.query_embedding`, one pass of the answer backbone over the question's ids)."""
+        q = np.zeros((1, bucket(len(ids))), np.int32)
+        q[0, :len(ids)] = ids
+        qlm = self.answer_lm
+        s = _query(qlm.graphdef, qlm.params, self.params, jnp.asarray(q),
+                   jnp.asarray([len(ids)], jnp.int32))
+        return s.block_until_ready()
+
     def _route_once(self, index: Index, question: str, k: int, kind: str) -> tuple[Route, dict]:
         t0 = time.perf_counter()
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError("the question is empty")
         weights = self.config.score_weights()
-        s = None
-        if "memory" in dict(weights):
-            tb = bucket(len(ids))
-            q = np.zeros((1, tb), np.int32)
-            q[0, :len(ids)] = ids
-            qlm = self.answer_lm
-            s = _query(qlm.graphdef, qlm.params, self.params, jnp.asarray(q),
-                       jnp.asarray([len(ids)], jnp.int32))
-            s.block_until_ready()
+        s = self.summary_vector(ids) if "memory" in dict(weights) else None
         extra = self._extra_scores(index, question, dict(weights))
         t1 = time.perf_counter()
         r = _route(self.params, index.tree, jnp.asarray(index.memories), s, extra,
