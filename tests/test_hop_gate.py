@@ -69,6 +69,10 @@ def test_the_learned_gate_decides_the_second_hop_and_survives_save_load(lm, tmp_
     np.testing.assert_array_equal(again.hop_gate["w"], h.hop_gate["w"])
     assert again.route(index, q, k=2)[1]["hops"] == 1
     assert again.with_config(hop_gate=0.0).route(index, q, k=2)[1]["hops"] == 2
+    again.hop_gate = None  # a checkpoint that routes by a gate it does not hold
+    again.save(tmp_path / "no_gate")
+    with pytest.raises(ValueError, match="holds no hop_gate"):
+        H2MT.load(tmp_path / "no_gate", lm=lm)
 
 
 @needs_embedder

@@ -107,6 +107,7 @@ class H2MT:
         self._embedding = None
         self._answer_lm = None
         self._embedder = None
+        self._qvec = (None, None)  # (question, its sentence vector): question_vector
 
     @property
     def tokenizer(self):
@@ -319,7 +320,7 @@ class H2MT:
     def question_vector(self, question: str) -> np.ndarray:
         """The question's sentence vector `[d]` (all-MiniLM-L6-v2), kept for the last question:
         the dense scores, both sentence kinds and the hop gate embed it once."""
-        if getattr(self, "_qvec", (None,))[0] != question:
+        if self._qvec[0] != question:
             self._qvec = (question, self.embedder.embed([question])[0])
         return self._qvec[1]
 
@@ -530,4 +531,7 @@ class H2MT:
         gate = tree.get("hop_gate")
         if gate is not None:
             gate = check_gate({k: np.asarray(v) for k, v in gate.items()}, where)
+        elif cfg.hop_gate > 0 and cfg.hop_gate_score == "learned":
+            raise ValueError(f"{where}: the config routes with a learned hop gate "
+                             "(hop_gate_score='learned') but the file holds no hop_gate")
         return cls(lm, cfg, params, tree.get("lora"), meta.get("lora_scale", 1.0), gate)

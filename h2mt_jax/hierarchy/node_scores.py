@@ -70,10 +70,10 @@ def inner_max(spec, leaf_scores: np.ndarray) -> np.ndarray:
 
 
 def best_sentence(owner: np.ndarray, sentence_scores: np.ndarray, n_leaves: int) -> np.ndarray:
-    """Each leaf's best sentence score `[n_leaves]`."""
-    out = np.full(n_leaves, -np.inf, np.float32)
-    np.maximum.at(out, owner, np.asarray(sentence_scores, np.float32))
-    return out
+    """Each leaf's best sentence score `[n_leaves]` (`owner`: each sentence's leaf, in leaf
+    order with every leaf present, as `leaf_sentences` makes it)."""
+    starts = np.searchsorted(owner, np.arange(n_leaves))
+    return np.maximum.reduceat(np.asarray(sentence_scores, np.float32), starts)
 
 
 def bm25_model(index, inner: str):
