@@ -52,7 +52,7 @@ def main():
     from h2mt_jax.hierarchy.index import Index
     from h2mt_jax.hierarchy.node_scores import leaf_sentences, leaf_texts
     from h2mt_jax.train.contrastive import fit_contrastive, question_features
-    from h2mt_jax.train.fusion import _normalise, text_scores
+    from h2mt_jax.train.fusion import fused_total, text_scores
 
     t0 = time.perf_counter()
     lm = h2mt_jax.load_lm("smollm2-135m-instruct")
@@ -92,6 +92,14 @@ def main():
             out.append((doc_id, doc, keys, vecs, [(q, g) for q, g in qs if g]))
         return out
 
+    summaries = {}  # question -> summary vector: training moves only w_q, w_k, never s
+
+    def summary(q):
+        if q not in summaries:
+            ids = h.tokenizer(q, add_special_tokens=False)["input_ids"]
+            summaries[q] = np.asarray(h.summary_vector(ids))
+        return summaries[q]
+
     def recall(params, docs, residual: float | None) -> float:
         """Flat recall@2: the learned score alone (residual 0), the text scores alone (None), or
         the text scores plus `residual` times the normalised learned score."""
@@ -100,14 +108,12 @@ def main():
         for _, doc, keys, vecs, questions in docs:
             k_proj = keys @ np.asarray(params["w_k"])
             for q, gold in questions:
-                ids = h.tokenizer(q, add_special_tokens=False)["input_ids"]
-                mem = k_proj @ (np.asarray(h.summary_vector(ids)) @ np.asarray(params["w_q"]))
+                mem = k_proj @ (summary(q) @ np.asarray(params["w_q"]))
                 mem = mem / np.sqrt(dh)
                 if residual is None or residual > 0:
-                    scores = text_scores(doc, q, h.embedder, *vecs)
-                    total = sum(w * _normalise(scores[kind], "weighted")
-                                for kind, w in text_weights.items())
-                    mem = total + (residual or 0.0) * _normalise(mem, "weighted")
+                    scores = text_scores(doc, q, h.embedder, *vecs) | {"memory": mem}
+                    mem = fused_total(scores, {**text_weights, "memory": residual or 0.0},
+                                      "weighted")
                 top = set(np.argsort(-mem, kind="stable")[:2].tolist())
                 hits.append(len(top & set(gold)) / len(set(gold)))
         return float(np.mean(hits))

@@ -80,9 +80,13 @@ def _normalise(x: np.ndarray, how: str) -> np.ndarray:
     return 1.0 / (RRF_K + rank + 1.0)
 
 
+def fused_total(scores: dict, weights: dict, how: str) -> np.ndarray:
+    """`Σ w_kind · normalise(scores_kind)` over leaves, as `node_scores.fuse_scores` sums it."""
+    return sum(w * _normalise(np.asarray(scores[kind]), how) for kind, w in weights.items() if w)
+
+
 def _ranking(scores: dict, weights: dict, how: str) -> np.ndarray:
-    total = sum(w * _normalise(scores[kind], how) for kind, w in weights.items() if w)
-    return np.argsort(-total, kind="stable")
+    return np.argsort(-fused_total(scores, weights, how), kind="stable")
 
 
 def fused_ranking(sample: LeafSample, weights: dict, how: str) -> np.ndarray:
