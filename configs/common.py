@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.read_modes = ""  # memory,memory_kv: how the answer reads memories in training
     # (batches take turns); "": h2mt.answer_from when it is a memory mode, else memory
     c.train.distill = "none"  # none | kl | tokens: distillation from the text-reading teacher
+    c.train.mem_tokens = 0  # h2mt_qa from a checkpoint: > 0 resizes its write tokens to this m
+    # (memory.resize_write_tokens; for F1 against m, bench/mem_tokens_curve.py)
     c.train.distill_weight = 1.0  # β
     c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position
     c.train.bf16 = False  # run the backbone in bfloat16

@@ -309,3 +309,24 @@ def test_warmup_each_compiles_every_example_before_its_timed_answer(tmp_path, ad
     with open(c.output) as f:
         ids = [row["id"] for row in json.load(f)["examples"]]
     assert len(ids) == 2 and [x[0] for x in calls] == ids and all(x[1] == 1 for x in calls)
+
+
+def test_resizing_the_write_tokens_keeps_the_trained_rows_and_builds_m_memories(adapted):
+    text = generate_manual(2, chapters=1).text
+    for m in (2, 3, 7):
+        h = adapted.with_mem_tokens(m)
+        assert h.config.mem_tokens == m and adapted.config.mem_tokens == 3
+        for name in ("leaf_write", "agg_write", "agg_query"):
+            want = np.concatenate([np.asarray(adapted.params[name])] * 3)[:m]
+            np.testing.assert_array_equal(np.asarray(h.params[name]), want)
+        assert h.params["enc_lora"] is adapted.params["enc_lora"] and h.lora is adapted.lora
+        index = h.build(text, fmt="auto")
+        assert index.memories.shape[1] == m and index.kv.write_k.shape[2] == m
+    # the first rows write what they wrote before: a leaf's first memory does not change
+    # when later write tokens are dropped (they come after it in the causal pass)
+    a = adapted.build(text, fmt="auto", kv_store="none")
+    b = adapted.with_mem_tokens(2).build(text, fmt="auto", kv_store="none")
+    n = a.spec.n_leaves
+    np.testing.assert_allclose(b.memories[:n], a.memories[:n, :2], atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the leaf length"):
+        adapted.with_mem_tokens(49)

@@ -29,7 +29,7 @@ from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin,
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
-                                       sweep)
+                                       resize_write_tokens, sweep)
 from h2mt_jax.hierarchy.node_scores import (bm25_scores, bm25_sentence_scores,
                                            dense_sentence_scores, fuse_scores, leaf_sentences,
                                            leaf_texts, node_vectors)
@@ -505,6 +505,15 @@ class H2MT:
         if not fields:
             return self
         return H2MT(self.lm, self.config.replace(**fields), self.params, self.lora,
+                    self.lora_scale, self.hop_gate)
+
+    def with_mem_tokens(self, m: int) -> "H2MT":
+        """The same H2MT with `m` memory tokens per node (`memory.resize_write_tokens`); the
+        config is validated (`m` at most a leaf's tokens). Indexes built before do not fit it."""
+        if m == self.config.mem_tokens:
+            return self
+        cfg = self.config.replace(mem_tokens=m)
+        return H2MT(self.lm, cfg, resize_write_tokens(self.params, m), self.lora,
                     self.lora_scale, self.hop_gate)
 
     @classmethod

@@ -57,6 +57,25 @@ def init_params(hidden_size: int, embedding_std: float, cfg: H2MTConfig, key: Ar
     return params
 
 
+WRITE_TOKEN_PARAMS = ("leaf_write", "agg_write", "agg_query")  # the `[m, d]` parameters
+
+
+def resize_write_tokens(params: H2MTParams, m: int) -> H2MTParams:
+    """`params` with `m` write tokens, pooling queries and aggregator write tokens (`[m, d]`)
+    instead of their current count `m0`: the first `m` rows when `m <= m0`, else the `m0` rows
+    repeated in order until there are `m` (each copy sits at another position, so it writes
+    something else). Everything else is shared with `params`. For measuring F1 against `m`
+    from one trained checkpoint (train.mem_tokens); the resized rows still need training."""
+    if m < 1:
+        raise ValueError(f"mem_tokens must be >= 1, got {m}")
+    out = dict(params)
+    for name in WRITE_TOKEN_PARAMS:
+        x = params[name]
+        reps = -(-m // x.shape[0])
+        out[name] = jnp.concatenate([x] * reps, axis=0)[:m] if reps > 1 else x[:m]
+    return out
+
+
 def encoder_params(bparams, params: H2MTParams):
     """The backbone weights of the memory passes (leaves, parents): `bparams` with the encoder
     adapters `params["enc_lora"]` merged when there are any. The answer pass never uses them."""

@@ -152,6 +152,8 @@ class H2MTQATask(H2MTTrainable):
         if config.checkpoint:  # the config's explicit routing/answer settings apply over it
             self.h2mt = H2MT.load(config.checkpoint, self.lm).with_config(
                 **explicit_overrides(config.h2mt))
+            if config.train.get("mem_tokens", 0):  # F1 against m from one checkpoint
+                self.h2mt = self.h2mt.with_mem_tokens(int(config.train.mem_tokens))
         else:
             self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
                                     seed=config.seed)

@@ -1,0 +1,136 @@
+"""F1 against `m` (memory tokens per leaf): one equal-budget QA fine-tuning run per `m` from one
+checkpoint, each scored with oracle routing on the demo's held-out manuals.
+
+Every point starts from `--checkpoint` (default: the shipped `smollm2-135m-h2mt`, trained with
+m = 16) with its write tokens, pooling queries and aggregator write tokens resized to `m`
+(`memory.resize_write_tokens`: the first `m` rows, repeated when `m` is larger), then trains
+`--steps` steps of `configs/memory_qa.py` (both readings, answer CE + distillation `--distill`)
+on training manuals (seed 0, documents 100 .. 100 + `--train-docs`: never reported on) and is
+scored by `bench/answer_quality.py --routes oracle` on manuals 16..19 (36 questions). `text` is
+the same trained decoder reading the same leaves' raw text, so `f1 / text_f1` is the fraction the
+memory issue targets (memory_kv >= 0.8, memory >= 0.6).
+
+Each point is its own `train.py` process (resumable: an existing `runs/mem_curve/<tag>/model`
+is scored, not retrained; an existing score is kept). Writes JSON to stdout and `--out`, and a
+PNG beside it.
+
+    python bench/mem_tokens_curve.py --m 4,8,16 [--steps 24] [--distill kl]
+    python bench/mem_tokens_curve.py --m 16 --distill tokens   # the distill=tokens point
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(cmd: list[str], log: str) -> None:
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if rc:
+        raise SystemExit(f"{cmd[1]} failed with exit status {rc}; see {log}")
+
+
+def point(m: int, args) -> dict:
+    """Trains (unless done) and scores one point; returns its row."""
+    tag = f"m{m}_{args.distill}_s{args.steps}"
+    work = os.path.join(args.runs, tag)
+    os.makedirs(work, exist_ok=True)
+    score_path = os.path.join(work, "answer_quality.json")
+    if os.path.isfile(score_path):
+        with open(score_path) as f:
+            return json.load(f)
+    log = os.path.join(work, "log.txt")
+    t0 = time.perf_counter()
+    if not os.path.isfile(os.path.join(work, "model", "h2mt.json")):
+        _run([sys.executable, "train.py", "--config=configs/memory_qa.py",
+              f"--config.checkpoint={args.checkpoint}", f"--config.train.mem_tokens={m}",
+              f"--config.train.steps={args.steps}", f"--config.train.warmup={args.warmup}",
+              f"--config.train.distill={args.distill}",
+              f"--config.data.train_docs={args.train_docs}",
+              f"--config.data.hotpotqa_records={args.hotpotqa_records}",
+              "--config.eval.after_training=False", f"--config.workdir={work}"], log)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "bench/answer_quality.py", "--checkpoint", os.path.join(work, "model"),
+         "--routes", "oracle", "--modes", "memory,memory_kv,text", "--ttft-tokens", "0",
+         "--k", "2", "--eval-docs", str(args.eval_docs)],
+        cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        with open(log, "a") as f:
+            f.write(out.stderr)
+        raise SystemExit(f"answer_quality failed for m={m}; see {log}")
+    res = json.loads(out.stdout)
+    row = {"m": m, "distill": args.distill, "steps": args.steps, "train_s": train_s,
+           "score_s": time.perf_counter() - t1,
+           "f1": {k.split("/")[1]: v["f1"] for k, v in res["quality"].items()},
+           "f1_vs_text": res["oracle_f1_vs_text"], "questions": res["questions"]}
+    with open(score_path, "w") as f:
+        json.dump(row, f, indent=1)
+    return row
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["m"])
+    ms = [r["m"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for mode, style in (("memory", "o-"), ("memory_kv", "s-"), ("text", "k--")):
+        ax.plot(ms, [r["f1"][mode] for r in rows], style, label=mode)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ms, [str(m) for m in ms])
+    ax.set_xlabel("memory tokens per leaf (m)")
+    ax.set_ylabel("F1, oracle routing")
+    ax.set_title(f"held-out manuals, {rows[0]['questions']} questions", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--m", default="4,8,16", help="comma-separated memory token counts")
+    ap.add_argument("--checkpoint", default="smollm2-135m-h2mt")
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--distill", default="kl", choices=("none", "kl", "tokens"))
+    ap.add_argument("--train-docs", type=int, default=8)
+    ap.add_argument("--hotpotqa-records", type=int, default=0)
+    ap.add_argument("--eval-docs", type=int, default=4)
+    ap.add_argument("--runs", default=os.path.join(ROOT, "runs", "mem_curve"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "mem_tokens_curve.json"))
+    args = ap.parse_args()
+    ms = sorted({int(x) for x in args.m.split(",") if x.strip()})
+    if not ms or min(ms) < 1:
+        raise SystemExit("--m needs positive integers")
+    rows = [point(m, args) for m in ms]
+    prev = {}
+    if os.path.isfile(args.out):  # keep the other points of earlier runs (other m or distill)
+        with open(args.out) as f:
+            prev = {(r["m"], r["distill"], r["steps"]): r for r in json.load(f)["points"]}
+    prev.update({(r["m"], r["distill"], r["steps"]): r for r in rows})
+    result = {"bench": "mem_tokens_curve", "checkpoint": args.checkpoint,
+              "train_docs": args.train_docs, "hotpotqa_records": args.hotpotqa_records,
+              "points": sorted(prev.values(), key=lambda r: (r["distill"], r["steps"], r["m"]))}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    same = [r for r in result["points"] if (r["distill"], r["steps"]) == (args.distill, args.steps)]
+    if len(same) > 1:
+        plot(same, os.path.splitext(args.out)[0] + f"_{args.distill}.png")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
