@@ -59,15 +59,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.leaf_batch = 32  # leaves per encoding call
     c.h2mt.answer_from = "memory"  # memory | memory_kv | leaf_kv | text (what the answer reads)
     c.h2mt.kv_store = "none"  # none | bfloat16 | int8 | float32: keep leaf KV caches in indexes
-    c.h2mt.route_score = "memory"  # memory | bm25 | dense | bm25_sent | dense_sent | fused
+    c.h2mt.kv_prefix = "chat"  # chat | none: what a leaf's stored KV cache was computed after
+    # routing: the defaults are H2MTConfig's, the best measured on unseen documents
+    c.h2mt.route_score = "fused"  # memory | bm25 | dense | bm25_sent | dense_sent | fused
     c.h2mt.fuse = "weighted"  # weighted (min-max normalised sum) | rrf
-    c.h2mt.w_bm25 = 1.0  # fused weights
-    c.h2mt.w_dense = 1.0
-    c.h2mt.w_bm25_sent = 0.0  # per-sentence BM25 / MiniLM: a leaf scores its best sentence
-    c.h2mt.w_dense_sent = 0.0
+    c.h2mt.w_bm25 = 0.0  # fused weights
+    c.h2mt.w_dense = 0.0
+    c.h2mt.w_bm25_sent = 1.0  # per-sentence BM25 / MiniLM: a leaf scores its best sentence
+    c.h2mt.w_dense_sent = 1.0
     c.h2mt.w_memory = 0.0
     c.h2mt.bm25_inner = "max"  # max | subtree: an inner node's BM25
-    c.h2mt.hops = 1  # 1 | 2: a second hop for bridge questions (hierarchy/hops.py)
+    c.h2mt.hops = 2  # 1 | 2: a second hop for bridge questions (hierarchy/hops.py)
     c.h2mt.hop_query = "bridge"  # leaf | sentence | bridge: what the second hop routes with
     c.h2mt.hop_gate = 0.0  # the second hop fires from this hop_gate_score (0: always)
     c.h2mt.hop_gate_score = "margin"  # margin (BM25 margin of the best leaf) | learned (a

@@ -76,6 +76,42 @@ def test_leaf_kv_equals_a_masked_forward_over_the_same_layout(tmp_path):
     assert np.isfinite(_segment_logits(lm, pre, wk, wv, post)).all()
 
 
+def test_leaf_kv_after_a_prefix_equals_the_text_prompt_that_starts_with_it(tmp_path):
+    # Given a tiny Llama, two leaves and a prompt whose first tokens are the prefix
+    hf = make_tiny(tmp_path, "llama", max_position_embeddings=256)
+    lm = h2mt_jax.load_lm(hf, tokenizer=False)
+    rng = np.random.default_rng(1)
+    leaves = [rng.integers(3, 128, size=n).tolist() for n in (9, 6)]
+    prefix, post = rng.integers(3, 128, size=5).tolist(), rng.integers(3, 128, size=7).tolist()
+    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=16, title_tokens=0), mem_tokens=2)
+    params = init_params(lm.config.hidden_size, 0.02, cfg, __import__("jax").random.PRNGKey(0))
+    tokens = np.zeros((2, 16), np.int32)
+    for i, t in enumerate(leaves):
+        tokens[i, :len(t)] = t
+    lengths = np.asarray([len(t) for t in leaves])
+
+    def stored(kv_prefix):
+        _, passkv = leaf_memories(lm.graphdef, lm.params, params, cfg, tokens, lengths,
+                                  with_kv=True, kv_prefix=kv_prefix)
+        return LeafKV.from_pass(passkv, "float32", "tiny", len(kv_prefix))
+
+    with_prefix, alone = stored(prefix), stored([])
+    assert with_prefix.prefix_tokens == 5 and alone.prefix_tokens == 0
+    # When the first leaf is answered from after the prefix
+    ours = _segment_logits(lm, prefix, *with_prefix.gather([0]), post)
+    # Then the logits are those of the plain text prompt prefix ‖ leaf ‖ post
+    ids = prefix + leaves[0] + post
+    with torch.no_grad():
+        ref = torch_model(hf)(torch.as_tensor([ids])).logits[0, -1].numpy()
+    assert np.abs(ours - ref).max() < 1e-4
+    # and a leaf computed alone does not give them (it never saw the prefix)
+    assert np.abs(_segment_logits(lm, prefix, *alone.gather([0]), post) - ref).max() > 1e-3
+    # The prefix changes the leaves' own rows only: the write tokens are the leaf pass's
+    np.testing.assert_array_equal(with_prefix.write_k, alone.write_k)
+    with pytest.raises(ValueError, match="prefix tokens"):
+        LeafKV.concat(with_prefix, alone)
+
+
 def test_storage_dtypes_and_their_error(rng):
     x = rng.standard_normal((50, 4, 3, 64)).astype(np.float32) * 3
     q, scale = quantize_int8(x)

@@ -265,9 +265,17 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path, lm, adapted, smollm
 def test_config_overrides_apply_over_a_checkpoint_only_when_set():
     from h2mt_jax.hierarchy.config import explicit_overrides
 
-    assert explicit_overrides({"route_score": "memory", "k": 4, "mem_tokens": 9}) == {}
-    assert explicit_overrides({"route_score": "fused", "fuse": "rrf", "k": 2}) == {
-        "route_score": "fused", "fuse": "rrf", "k": 2}
+    assert explicit_overrides({"route_score": "fused", "k": 4, "mem_tokens": 9}) == {}
+    assert explicit_overrides({"route_score": "memory", "fuse": "rrf", "k": 2}) == {
+        "route_score": "memory", "fuse": "rrf", "k": 2}
+    # a config file's defaults are H2MTConfig's: otherwise they would count as set on purpose
+    # and override every checkpoint loaded through train.py / evaluate.py
+    from configs.common import base_config
+    section = base_config().h2mt
+    assert explicit_overrides(section) == {}
+    default = H2MTConfig()
+    assert all(section[f] == getattr(default, f) for f in section if hasattr(default, f)
+               and f not in ("build", "hmt"))
 
 
 def test_text_baselines_also_run_with_the_checkpoint_adapters(tmp_path, adapted):

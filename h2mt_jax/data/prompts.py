@@ -87,6 +87,19 @@ def split_prompt(tokenizer, template: str, question: str, chat: bool = True
     return pre, post
 
 
+def chat_preamble(tokenizer) -> list[int]:
+    """Token ids that every chat-formatted prompt of this tokenizer starts with: the template's
+    system turn and the opening of the user turn (SmolLM2: 24 tokens), the same whatever the
+    task template; for a tokenizer without a chat template, its special start tokens (BOS) or
+    none. H²MT computes the leaves' stored KV caches after these tokens (`kv_prefix`), so that a
+    leaf read back from its cache attends to the same sink it would in a text prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}],
+                                             tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text.split(_SENTINEL)[0], add_special_tokens=False)["input_ids"])
+    return list(tokenizer("", add_special_tokens=True)["input_ids"])
+
+
 def prompt_ids(tokenizer, template: str, context: str, question: str, chat: bool = True,
                max_tokens: int | None = None) -> list[int]:
     """Token ids of the full prompt with a text context.

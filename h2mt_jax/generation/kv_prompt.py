@@ -5,7 +5,8 @@ The cached segment's keys are stored *before* RoPE (`unrope`), so they can be ro
 answer-time position: the segment is laid out right after the `pre` tokens, at positions
 `len(pre) .. len(pre) + L - 1`. Only `pre` and `post` are run through the backbone (the prefill
 covers the prompt's own tokens); `post` attends to everything before it, `pre` to itself, and
-each cached piece to what it attended to when it was computed (for H²MT: its own leaf). Then
+each cached piece to what it attended to when it was computed (for H²MT: the chat preamble the
+prompt starts with, and its own leaf; `H2MTConfig.kv_prefix`). Then
 decoding proceeds from the filled cache as for any prompt.
 """
 

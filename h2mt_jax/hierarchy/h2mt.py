@@ -195,7 +195,7 @@ class H2MT:
         if kv_store == "none":
             return self._leaf_memories(leaf_tokens, progress), None
         mem, kv = self._leaf_memories(leaf_tokens, progress, with_kv=True)
-        return mem, LeafKV.from_pass(kv, kv_store, self.lm.name)
+        return mem, LeafKV.from_pass(kv, kv_store, self.lm.name, len(self.kv_prefix))
 
     def _leaf_memories(self, leaf_tokens, progress=False, with_kv: bool = False):
         n, t = len(leaf_tokens), self.config.build.leaf_len
@@ -208,7 +208,13 @@ class H2MT:
         if with_kv and (self.lora or "enc_lora" in self.params):
             kv_params = self.answer_lm.params  # leaf_kv reads what the answer pass computes
         return leaf_memories(self.lm.graphdef, self.lm.params, self.params, self.config, tokens,
-                             lengths, progress, with_kv=with_kv, kv_params=kv_params)
+                             lengths, progress, with_kv=with_kv, kv_params=kv_params,
+                             kv_prefix=self.kv_prefix if with_kv else [])
+
+    @property
+    def kv_prefix(self) -> list[int]:
+        """The tokens a leaf's stored KV cache is computed after (`config.kv_prefix`)."""
+        return prompts.chat_preamble(self.tokenizer) if self.config.kv_prefix == "chat" else []
 
     def append(self, index: Index, text: str, fmt: str = "plain") -> Index:
         """Extends the index with more text: only the new leaves and their ancestors (the right

@@ -1,8 +1,10 @@
 """Per-leaf KV caches stored in an index: what the `leaf_kv` and `memory_kv` answers read.
 
 For every leaf, the leaf pass that writes its memory also yields each layer's keys (before RoPE)
-and values of the leaf's own tokens and of its `m` write tokens (`memory.leaf_memories(...,
-with_kv=True)`). They are kept as
+and values of its `m` write tokens; the leaf's own tokens' keys and values come from the answer
+backbone run over the chat preamble then the leaf (`H2MTConfig.kv_prefix`; `prefix_tokens`
+records how many preamble tokens), as a text prompt computes them up to the other leaves
+(`memory.leaf_memories(..., with_kv=True)`). They are kept as
 - `bfloat16` (2 bytes a value; the default),
 - `int8` with one float32 scale per (token, layer, kv head): `x ≈ q · scale`, `scale =
   max|x| / 127` over the head dimension (about half the size; see `tests/test_leaf_kv.py` for the
@@ -48,7 +50,8 @@ class LeafKV:
     """Stored keys/values of an index's leaves. `k`, `v`: `[tokens, layers, kv_heads, head_dim]`
     (uint16 bfloat16 bits, or int8 with `k_scale`/`v_scale` `[tokens, layers, kv_heads]`);
     `write_k`, `write_v`: `[leaves, layers, m, kv_heads, head_dim]` bfloat16 bits; `lengths`:
-    tokens per leaf; `backbone`: the name of the model that computed them."""
+    tokens per leaf; `backbone`: the name of the model that computed them; `prefix_tokens`: how
+    many tokens each leaf's own keys/values were computed after (`H2MTConfig.kv_prefix`)."""
 
     dtype: str
     lengths: np.ndarray
@@ -59,10 +62,11 @@ class LeafKV:
     k_scale: np.ndarray | None = None
     v_scale: np.ndarray | None = None
     backbone: str = ""
+    prefix_tokens: int = 0
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
-    def from_pass(cls, kv, dtype: str, backbone: str) -> "LeafKV":
+    def from_pass(cls, kv, dtype: str, backbone: str, prefix_tokens: int = 0) -> "LeafKV":
         """From a `memory.LeafPassKV` (per-leaf float32 `[layers, t, kh, dh]` arrays)."""
         if dtype not in KV_DTYPES:
             raise ValueError(f"kv_store must be one of {KV_DTYPES} (or 'none'), got {dtype!r}")
@@ -72,7 +76,8 @@ class LeafKV:
         wk, wv = np.stack(kv.write_k), np.stack(kv.write_v)  # [leaves, layers, m, kh, dh]
         exact = dtype == "float32"
         store = (lambda x: np.asarray(x, np.float32)) if exact else _bf16_bits  # noqa: E731
-        out = cls(dtype, lengths, k, v, store(wk), store(wv), backbone=backbone)
+        out = cls(dtype, lengths, k, v, store(wk), store(wv), backbone=backbone,
+                  prefix_tokens=prefix_tokens)
         if dtype == "int8":
             out.k, out.k_scale = quantize_int8(k)
             out.v, out.v_scale = quantize_int8(v)
@@ -82,14 +87,16 @@ class LeafKV:
 
     @classmethod
     def concat(cls, a: "LeafKV", b: "LeafKV") -> "LeafKV":
-        """`a`'s leaves then `b`'s (incremental `append`); same dtype and backbone."""
-        if (a.dtype, a.backbone) != (b.dtype, b.backbone):
-            raise ValueError(f"cannot join leaf KV of {a.dtype}/{a.backbone!r} and "
-                             f"{b.dtype}/{b.backbone!r}")
+        """`a`'s leaves then `b`'s (incremental `append`); same dtype, backbone and prefix."""
+        if (a.dtype, a.backbone, a.prefix_tokens) != (b.dtype, b.backbone, b.prefix_tokens):
+            raise ValueError(f"cannot join leaf KV of {a.dtype}/{a.backbone!r} after "
+                             f"{a.prefix_tokens} prefix tokens and {b.dtype}/{b.backbone!r} after "
+                             f"{b.prefix_tokens}")
         cat = lambda x, y: None if x is None else np.concatenate([x, y])  # noqa: E731
         return cls(a.dtype, np.concatenate([a.lengths, b.lengths]), cat(a.k, b.k),
                    cat(a.v, b.v), cat(a.write_k, b.write_k), cat(a.write_v, b.write_v),
-                   cat(a.k_scale, b.k_scale), cat(a.v_scale, b.v_scale), a.backbone)
+                   cat(a.k_scale, b.k_scale), cat(a.v_scale, b.v_scale), a.backbone,
+                   a.prefix_tokens)
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -140,7 +147,7 @@ class LeafKV:
     def meta(self) -> dict:
         return {"dtype": self.dtype, "lengths": [int(x) for x in self.lengths],
                 "backbone": self.backbone, "shape": list(self.shape),
-                "write_tokens": int(self.write_k.shape[2])}
+                "write_tokens": int(self.write_k.shape[2]), "prefix_tokens": self.prefix_tokens}
 
     def save(self, directory) -> None:
         """One `.npy` per array under `directory/kv/`, each written atomically."""
@@ -169,4 +176,5 @@ class LeafKV:
         check_shapes({f"{k}.npy": a for k, a in arrays.items()},
                      {f"{k}.npy": s for k, s in expect.items()}, str(directory), "kv/")
         return cls(meta["dtype"], lengths, backbone=meta.get("backbone", ""),
+                   prefix_tokens=int(meta.get("prefix_tokens", 0)),
                    **{k: arrays.get(k) for k in _FILES})

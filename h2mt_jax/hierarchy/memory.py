@@ -134,6 +134,20 @@ def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths):
     return mem, keys, values
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _leaf_token_kv(graphdef, bparams, tokens, prefix):
+    """Every layer's keys (before RoPE) and values of the leaves' own tokens, each leaf run
+    after the same `prefix` tokens `[p]` (p may be 0): `[layers, b, t, kv_heads, head_dim]`."""
+    model = nnx.merge(graphdef, bparams)
+    b, p = tokens.shape[0], prefix.shape[0]
+    x = jnp.concatenate([jnp.broadcast_to(prefix[None], (b, p)), tokens], axis=1)
+    _, kvs = model(model.embed(x))
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape)
+    keys = jnp.stack([unrope(k, positions, model.cfg)[:, p:] for k, _ in kvs])
+    values = jnp.stack([v[:, p:] for _, v in kvs])
+    return keys.astype(jnp.float32), values.astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "hmt_cfg"))
 def _encode_leaves_hmt(graphdef, bparams, hmt_params, tokens, lengths, hmt_cfg):
     model = nnx.merge(graphdef, bparams)
@@ -157,13 +171,14 @@ class LeafPassKV:
 
 def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
                   tokens: np.ndarray, lengths: np.ndarray, progress: bool = False,
-                  with_kv: bool = False, kv_params=None):
+                  with_kv: bool = False, kv_params=None, kv_prefix=()):
     """Memories of the given leaves `[n, T]` -> `[n, m, d]` (host array); with `with_kv`, also
     the pass's keys and values (`LeafPassKV`), from the same pass. With `kv_params` (the
-    answer pass's backbone weights, when they differ from the encoder's), the leaves' own
-    tokens' keys and values come from a second pass with those weights, so that `leaf_kv`
-    answers read exactly what the answer pass computes from the text; the write tokens' keys
-    and values stay the encoder's.
+    answer pass's backbone weights, when they differ from the encoder's) or `kv_prefix` (token
+    ids every leaf is run after, `prompts.chat_preamble`), the leaves' own tokens' keys and
+    values come from a second pass with those weights after that prefix, so that `leaf_kv`
+    answers read what the answer pass computes from the text; the write tokens' keys and
+    values stay the encoder's, from the leaf alone.
 
     `independent`: batches of `cfg.leaf_batch` leaves per call (bounded memory for any count);
     `hmt`: all leaves in document order through one HMT scan (no KV: the cell's passes see
@@ -204,10 +219,9 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
                                                   jnp.asarray(ln))
             keys, values = np.asarray(keys), np.asarray(values)
             lk, lv = keys, values
-            if kv_params is not None:
-                _, lk, lv = _encode_leaves_kv(graphdef, kv_params,
-                                              {"leaf_write": params["leaf_write"]},
-                                              jnp.asarray(t), jnp.asarray(ln))
+            if kv_params is not None or len(kv_prefix):
+                lk, lv = _leaf_token_kv(graphdef, bparams if kv_params is None else kv_params,
+                                        jnp.asarray(t), jnp.asarray(kv_prefix, jnp.int32))
                 lk, lv = np.asarray(lk), np.asarray(lv)
             for r, j in enumerate(sel):
                 a = int(lengths[j])
