@@ -11,7 +11,9 @@ Scores: memory (the learned score; untrained unless --checkpoint), bm25, dense
 fused_rrf (reciprocal-rank fusion), each with beam and flat routing, one hop and two (the
 second hop's query built three ways, `h2mt.hop_query`, and one gated variant, `h2mt.hop_gate`,
 with how often its second hop fired; `fused_2hop_learned_gate` needs a checkpoint with a fitted
-gate, `bench/fit_fusion.py --save-into`), `shipped` (the checkpoint's own routing); BM25 over the leaves (`rag_bm25`'s ranking) and the oracle
+gate, `bench/fit_fusion.py --save-into`), each `*_sections` variant with the answer's later slots
+going to sections not yet read first (`h2mt.distinct_sections`; the other variants without),
+`shipped` (the checkpoint's own routing); BM25 over the leaves (`rag_bm25`'s ranking) and the oracle
 beside them. Every k routes on its own (a beam of width k). HotpotQA is also split by question
 type (bridge, comparison). Also: routing latency (question encoding + scoring + beam) at 2k and
 32k document tokens, and on the 32k document the time to first token of a few routers' answers
@@ -57,9 +59,16 @@ SCORES = {"memory": {"route_score": "memory"}, "bm25": {"route_score": "bm25"},
           "fused_sent_2hop": {"route_score": "fused", "w_bm25": 0.0, "w_dense": 0.0,
                               "w_bm25_sent": 1.0, "w_dense_sent": 1.0, "hops": 2},
           "fused_2hop_learned_gate": {"route_score": "fused", "hops": 2, "hop_gate": 0.5,
-                                      "hop_gate_score": "learned"}}
+                                      "hop_gate_score": "learned"},
+          "fused_sent": {"route_score": "fused", "w_bm25": 0.0, "w_dense": 0.0,
+                         "w_bm25_sent": 1.0, "w_dense_sent": 1.0}}
+# the same with the answer's later slots going to sections not yet read first (hops.pick_leaves)
+SCORES.update({f"{name}_sections": {**SCORES[name], "distinct_sections": True} for name in (
+    "bm25", "dense", "fused", "bm25_sent", "dense_sent", "fused_sent", "bm25_2hop", "fused_2hop",
+    "fused_sent_2hop")})
 SCORES = {name: {**ONE_HOP, "hop_query": "bridge", "hop_gate": 0.0, "hop_merge": "second",
-                 "hop_gate_score": "margin", "w_bm25_sent": 0.0, "w_dense_sent": 0.0, **kw}
+                 "hop_gate_score": "margin", "w_bm25_sent": 0.0, "w_dense_sent": 0.0,
+                 "distinct_sections": False, **kw}
           for name, kw in SCORES.items()}  # explicit: nothing is taken from a checkpoint
 SCORES["shipped"] = {}  # the checkpoint's own routing (--checkpoint), whatever it is
 

@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.hop_gate_score = "margin"  # margin (BM25 margin of the best leaf) | learned (a
     # checkpoint's fitted gate: bench/fit_fusion.py --save-into)
     c.h2mt.hop_merge = "second"  # second | sum: the answer's other leaves (hierarchy/h2mt.py route)
+    c.h2mt.distinct_sections = True  # the answer's other leaves from sections not yet read first
     c.h2mt.enc_lora_rank = 0  # LoRA rank of the memory encoder (leaf and parent passes); 0: none
 
     c.hmt = ml_collections.ConfigDict()

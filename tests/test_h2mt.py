@@ -33,7 +33,8 @@ def tiny_lm(smollm2_tokenizer):  # the tokenizer alone: no 135M weights loaded
 @pytest.fixture(scope="module")
 def h2mt(tiny_lm):
     cfg = H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8), k=3,
-                     route_score="memory", hops=1)  # the learned score: what this module tests
+                     route_score="memory", hops=1,  # the learned score: what this module tests
+                     distinct_sections=False)
     return H2MT.create(tiny_lm, cfg)
 
 

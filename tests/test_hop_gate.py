@@ -25,6 +25,9 @@ def lm(smollm2_tokenizer):
 
 
 def _h2mt(lm, **kw):
+    """One hop, slots filled by score alone, unless `kw` says otherwise (the library's defaults
+    add a second hop and the sections rule; the tests below name what they test)."""
+    kw = {"hops": 1, "distinct_sections": False, **kw}
     return H2MT.create(lm, H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4,
                                                         title_tokens=8), k=2, **kw))
 
@@ -89,9 +92,14 @@ def test_the_fits_two_hop_routing_is_the_routers(lm):
               w_dense_sent=1.0, hops=2)
     index = h.build(manual.text, fmt="markdown")
     vecs = h.embedder.embed(leaf_texts(index))
-    for q in manual.questions:
-        sample = leaf_sample(index, q.question, [0], h.embedder, vecs, h.sentence_vectors(index))
-        want = routed_leaves(sample, weights, "weighted", k=2, hops=2)
-        got = index.leaf_ids(np.asarray(h.route(index, q.question, k=2, route="flat")[0].leaves))
-        assert got == want, q.question
+    for distinct in (False, True):  # with and without the sections rule (hops.pick_leaves)
+        hd = h.with_config(distinct_sections=distinct)
+        for q in manual.questions:
+            sample = leaf_sample(index, q.question, [0], h.embedder, vecs,
+                                 h.sentence_vectors(index))
+            want = routed_leaves(sample, weights, "weighted", k=2, hops=2,
+                                 distinct_sections=distinct)
+            got = index.leaf_ids(np.asarray(hd.route(index, q.question, k=2,
+                                                     route="flat")[0].leaves))
+            assert got == want, (distinct, q.question)
     assert len(leaf_sentences(index)[0]) == len(index.sentence_vectors)

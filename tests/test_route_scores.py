@@ -24,6 +24,9 @@ def lm(smollm2_tokenizer):
 
 
 def _h2mt(lm, **kw):
+    """One hop, slots filled by score alone, unless `kw` says otherwise (the library's defaults
+    add a second hop and the sections rule; the tests below name what they test)."""
+    kw = {"hops": 1, "distinct_sections": False, **kw}
     return H2MT.create(lm, H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4,
                                                         title_tokens=8), k=2, **kw))
 
@@ -138,7 +141,7 @@ def test_one_leaf_document_and_a_question_sharing_no_word(lm):
 
 @needs_embedder
 def test_dense_vectors_are_stored_and_survive_save_load_and_append(lm, manual, tmp_path):
-    h = _h2mt(lm, route_score="fused", w_dense_sent=1.0)
+    h = _h2mt(lm, route_score="fused", w_dense=1.0, w_dense_sent=1.0)
     index = h.build(manual.text, fmt="markdown")
     assert index.node_vectors.shape == (index.spec.n_nodes, 384)
     n_sent = len(leaf_sentences(index)[0])
@@ -162,7 +165,8 @@ def test_bad_score_settings():
     with pytest.raises(ValueError, match="route_score must be one of"):
         H2MTConfig(route_score="tfidf")
     with pytest.raises(ValueError, match="needs a positive weight"):
-        H2MTConfig(route_score="fused", w_bm25=0, w_dense=0, w_memory=0)
+        H2MTConfig(route_score="fused", w_bm25=0, w_dense=0, w_bm25_sent=0, w_dense_sent=0,
+                   w_memory=0)
     with pytest.raises(ValueError, match="must be >= 0"):
         H2MTConfig(w_bm25=-1)
 
@@ -186,6 +190,61 @@ def test_two_hops_find_the_bridge_leaf(lm):
     assert timings["hops"] == 2
     assert index.leaf_ids(np.asarray(r.leaves)) == [pump, bridge]
     assert two.answer(index, q, k=2, route="flat", max_new_tokens=2).leaves == [pump, bridge]
+
+
+def test_pick_leaves_reads_other_sections_before_a_section_twice():
+    from h2mt_jax.hierarchy.hops import pick_leaves
+
+    sections = ["A", "A", "A", "B", None, None]
+    ranked = [0, 1, 2, 4, 3, 5]
+    assert pick_leaves([0], ranked, 2) == [0, 1]  # no sections: by score
+    assert pick_leaves([0], ranked, 2, sections) == [0, 4]  # None: a section of its own
+    assert pick_leaves([0], ranked, 3, sections) == [0, 4, 3]
+    assert pick_leaves([0], ranked, 5, sections) == [0, 4, 3, 5, 1]  # then A again, by score
+    assert pick_leaves([0, 1], ranked, 3, sections) == [0, 1, 4]  # keep is kept as it is
+    assert pick_leaves([0], [0, 1, 2], 3, sections) == [0, 1, 2]  # one section: by score
+    assert pick_leaves([3, 3], ranked, 1, sections) == [3]
+
+
+def test_the_answer_reads_a_second_passage_rather_than_a_passage_twice(lm):
+    # A comparison question over titled passages: the first passage matches in two leaves,
+    # the second passage in one, weaker. By score alone both slots go to the first passage.
+    from h2mt_jax.data.outline import outline_from_passages
+
+    passages = {"Arvo Lind": ["Arvo Lind studied painting and music in Tartu.",
+                              "In Tartu, Arvo Lind studied painting, then music.",
+                              "Arvo Lind painted harbours and ships."],
+                "Mira Senn": ["Mira Senn was a painter born in 1940.", "She lived by the lake."],
+                "Lake": ["The lake is cold in winter and has many small islands.",
+                         "Old boats rest on its shore."],
+                "Forest": ["The forest covers the hills north of the town.",
+                           "Deer and foxes live there."],
+                "Harbour": ["The harbour was rebuilt after the storm.",
+                            "Ferries leave it twice a day."],
+                "Bridge": ["The stone bridge crosses the river at its narrowest point.",
+                           "Carts used it for centuries."]}
+    text, spans = "", []
+    for sentences in passages.values():
+        text += "\n\n" if text else ""
+        spans.append([])
+        for sent in sentences:
+            text += (" " if spans[-1] else "")
+            spans[-1].append((len(text), len(text) + len(sent)))
+            text += sent
+    outline = outline_from_passages(list(passages), spans)
+    q = "Did Arvo Lind study painting and music in Tartu before Mira Senn?"
+    plain = _h2mt(lm, route_score="bm25")
+    index = plain.build(text, outline=outline)
+    titles = index.spec.titles
+    arvo = [i for i in range(index.spec.n_leaves) if titles[i] == "Arvo Lind"]
+    mira = [i for i in range(index.spec.n_leaves) if titles[i] == "Mira Senn"]
+    assert len(arvo) >= 2 and mira
+    by_score = index.leaf_ids(np.asarray(plain.route(index, q, k=2, route="flat")[0].leaves))
+    assert set(by_score) <= set(arvo)
+    distinct = plain.with_config(distinct_sections=True)
+    for route in ("flat", "beam"):
+        got = index.leaf_ids(np.asarray(distinct.route(index, q, k=2, route=route)[0].leaves))
+        assert got[0] in arvo and got[1] in mira, route
 
 
 def test_the_second_hop_query_carries_the_bridge_not_the_first_topic(lm):

@@ -24,10 +24,10 @@ HOP_GATES = ("margin", "learned")  # what hop_gate thresholds (see hierarchy/hop
 
 # Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
 # a config may set them over a checkpoint's (`explicit_overrides`).
-INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store", "kv_prefix",
-                    "route_score", "fuse", "w_bm25", "w_dense", "w_bm25_sent", "w_dense_sent",
+INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
+                    "kv_prefix", "route_score", "fuse", "w_bm25", "w_dense", "w_bm25_sent", "w_dense_sent",
                     "w_memory", "bm25_inner", "hops", "hop_query", "hop_gate", "hop_gate_score",
-                    "hop_merge")
+                    "hop_merge", "distinct_sections")
 
 
 def explicit_overrides(section) -> dict:
@@ -75,7 +75,8 @@ class H2MTConfig:
     or "learned", the probability that the question needs two hops by the H2MT's fitted gate
     (`H2MT.hop_gate`, `train/hop_gate.py`); hop_merge: which leaves fill
     the answer's slots after the first hop's best: the second hop's ("second") or both hops'
-    by their summed scores ("sum").
+    by their summed scores ("sum"). distinct_sections: the answer's slots after the best leaf
+    go first to leaves of sections (heading paths) not yet read (`hops.pick_leaves`).
     enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
     backbone for the leaf and parent passes only; 0: the memory passes run the frozen backbone);
     the answer pass's (decoder) adapters are `H2MT.lora`."""
@@ -108,6 +109,7 @@ class H2MTConfig:
     hop_gate: float = 0.0
     hop_gate_score: str = "margin"
     hop_merge: str = "second"
+    distinct_sections: bool = True
     enc_lora_rank: int = 0
     hmt: HMTConfig | None = None  # the HMT cell for leaf_mode="hmt"
 

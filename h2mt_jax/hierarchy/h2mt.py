@@ -24,7 +24,7 @@ from h2mt_jax.shapes import bucket
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import build_spec
 from h2mt_jax.hierarchy.config import ANSWER_MODES, TEXT_SCORES, H2MTConfig
-from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin,
+from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin, pick_leaves,
                                      second_hop_query)
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
@@ -277,7 +277,9 @@ class H2MT:
         the sum of both hops' scores (`"sum"`).
         `config.hop_gate` > 0 fires the second hop only when `hop_score` is at least the gate
         (the best leaf's BM25 margin, or the fitted gate's probability that the question needs
-        two hops); `timings["hops"]` says whether it fired."""
+        two hops); `timings["hops"]` says whether it fired. With `config.distinct_sections`,
+        the slots after the best leaf go to leaves of sections not yet read first
+        (`hops.pick_leaves`), from the route's leaves then every other leaf by its score."""
         kind = route or self.config.route
         k = k or self.config.k
         if kind == "oracle":
@@ -285,31 +287,57 @@ class H2MT:
                 raise ValueError("route='oracle' needs gold_leaves")
             return None, {"query_s": 0.0, "route_s": 0.0}
         r, timings = self._route_once(index, question, k, kind)
-        if self.config.hops == 1 or index.spec.n_leaves <= k:
+        if index.spec.n_leaves <= k:
             return r, timings
-        if self.config.hop_gate > 0 and self.hop_score(index, question) < self.config.hop_gate:
-            return r, {**timings, "hops": 1}
-        first = index.leaf_ids(np.asarray(r.leaves))
+        sections = index.spec.titles if self.config.distinct_sections else None
+        first = self._ranked_leaves(index, r)
+        if self.config.hops == 1 or (self.config.hop_gate > 0 and
+                                     self.hop_score(index, question) < self.config.hop_gate):
+            if self.config.hops == 2:
+                timings = {**timings, "hops": 1}
+            if sections is None:
+                return r, timings
+            return self._with_leaves(r, pick_leaves(first[:1], first, k, sections), [r]), timings
         expanded = second_hop_query(index, first[0], question, self.config.hop_query)
         r2, t2 = self._route_once(index, expanded, k, kind)
         keep = first[:(k + 1) // 2]
-        second = [i for i in index.leaf_ids(np.asarray(r2.leaves)) if i not in keep]
+        second = self._ranked_leaves(index, r2)
         if self.config.hop_merge == "sum":  # both hops' candidates, by the sum of their scores
             s1, s2 = np.asarray(r.scores), np.asarray(r2.scores)
             pid = index.padded_ids
-            pool = [i for i in dict.fromkeys(first + second) if i not in keep]
-            second = sorted(pool, key=lambda i: -(s1[pid[i]] + s2[pid[i]]))
-        leaves = (keep + second)[:k]
-        score = {int(i): float(x) for i, x in zip(r.leaves, r.leaf_scores)}
-        score.update({int(i): float(x) for i, x in zip(r2.leaves, r2.leaf_scores)
-                      if int(i) not in score})
+            n_beam = min(k, index.spec.n_leaves)
+            pool = [i for i in dict.fromkeys(first[:n_beam] + second[:n_beam]) if i not in keep]
+            pool = sorted(pool, key=lambda i: -(s1[pid[i]] + s2[pid[i]]))
+            second = pool + [i for i in second if i not in pool]
+        leaves = pick_leaves(keep, second, k, sections)
+        return self._with_leaves(r, leaves, [r, r2]), {
+            "query_s": timings["query_s"] + t2["query_s"],
+            "route_s": timings["route_s"] + t2["route_s"], "hops": 2}
+
+    @staticmethod
+    def _ranked_leaves(index: Index, r: Route) -> list[int]:
+        """Spec leaf ids: the route's selected leaves in its order, then every other leaf by
+        its node score (the candidates `hops.pick_leaves` fills the answer's slots from)."""
+        chosen = index.leaf_ids(np.asarray(r.leaves))
+        scores = np.asarray(r.scores)[index.padded_ids[:index.spec.n_leaves]]
+        rest = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in chosen]
+        return list(chosen) + rest
+
+    @staticmethod
+    def _with_leaves(r: Route, leaves: list[int], routes: list[Route]) -> Route:
+        """`r` with its selected leaves replaced by `leaves` (spec ids), each scored by the first
+        of `routes` that scores it (its selected leaves' scores, else its node score)."""
+        score = {}
+        for x in routes:
+            score.update({int(i): float(v) for i, v in zip(x.leaves, x.leaf_scores)
+                          if int(i) >= 0 and int(i) not in score})
+        fallback = np.asarray(routes[-1].scores)
         padded = np.full(len(r.leaves), -1, np.int32)
         padded[:len(leaves)] = leaves  # leaves keep their ids in the padded layout
-        merged = Route(leaves=padded, visited=np.asarray(r.visited),
-                       leaf_scores=np.asarray([score.get(int(i), -np.inf) for i in padded],
-                                              np.float32), scores=np.asarray(r.scores))
-        return merged, {"query_s": timings["query_s"] + t2["query_s"],
-                        "route_s": timings["route_s"] + t2["route_s"], "hops": 2}
+        return Route(leaves=padded, visited=np.asarray(r.visited),
+                     leaf_scores=np.asarray([score.get(int(i), float(fallback[i])) if i >= 0
+                                             else -np.inf for i in padded], np.float32),
+                     scores=np.asarray(r.scores))
 
     def hop_score(self, index: Index, question: str) -> float:
         """What `config.hop_gate` thresholds (`config.hop_gate_score`): the BM25 margin of the

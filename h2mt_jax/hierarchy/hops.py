@@ -1,4 +1,5 @@
-"""The second hop of two-hop routing (`h2mt.hops = 2`): what it routes with, and when it fires.
+"""The second hop of two-hop routing (`h2mt.hops = 2`): what it routes with, and when it fires;
+and which leaves fill the answer's slots (`pick_leaves`).
 
 A bridge question ("In which town does the designer of the Norpel X4 work?") names the first
 leaf's topic but not the second leaf's: the second leaf names only the bridge entity ("Danina
@@ -114,3 +115,28 @@ def hop_margin(index, question: str) -> float:
     if len(scores) < 2 or scores[0] <= 0:
         return 0.0
     return float((scores[0] - scores[1]) / scores[0])
+
+
+def pick_leaves(keep: list[int], ranked, k: int, sections=None) -> list[int]:
+    """The answer's `k` leaves: `keep` (taken as they are), then leaves of `ranked` (best first)
+    not yet taken. With `sections` (each leaf's section, e.g. `spec.titles`; None for a leaf of
+    no known section), leaves of a section already read wait until every other candidate has
+    been taken (`h2mt.distinct_sections`): two leaves of one passage often repeat each other,
+    while a two-passage question needs the other passage (HotpotQA, held out, two hops:
+    recall@2 0.83 -> 0.92; synthetic manuals unchanged; `bench/results/routing_sections.json`)."""
+    out = list(dict.fromkeys(int(i) for i in keep))[:k]
+    ranked = [int(i) for i in ranked if int(i) not in out]
+    if sections is not None:
+        seen = {sections[i] for i in out if sections[i] is not None}
+        later = []
+        for i in ranked:
+            if len(out) == k:
+                break
+            if sections[i] is not None and sections[i] in seen:
+                later.append(i)
+                continue
+            out.append(i)
+            if sections[i] is not None:
+                seen.add(sections[i])
+        ranked = later + [i for i in ranked if i not in out and i not in later]
+    return (out + ranked)[:k]

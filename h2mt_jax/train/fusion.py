@@ -24,7 +24,7 @@ import itertools
 import numpy as np
 
 from h2mt_jax.hierarchy.config import TEXT_SCORES
-from h2mt_jax.hierarchy.hops import second_hop_query
+from h2mt_jax.hierarchy.hops import pick_leaves, second_hop_query
 from h2mt_jax.hierarchy.node_scores import (RRF_K, bm25_scores, bm25_sentence_scores,
                                            dense_sentence_scores)
 
@@ -95,21 +95,24 @@ def fused_ranking(sample: LeafSample, weights: dict, how: str) -> np.ndarray:
 
 
 def routed_leaves(sample: LeafSample, weights: dict, how: str, k: int, hops: int = 1,
-                  hop_query: str = "bridge") -> list[int]:
+                  hop_query: str = "bridge", distinct_sections: bool = False) -> list[int]:
     """The `k` leaves the answer reads: the fused ranking's first `k` (hops=1), or the first
     hop's `ceil(k/2)` best then the second hop's best others (hops=2, the second hop's scores
-    recomputed for `hops.second_hop_query`)."""
+    recomputed for `hops.second_hop_query`); with `distinct_sections`, after the best leaf
+    those of sections not yet read first (`hops.pick_leaves`), as `H2MT.route` picks them."""
     first = [int(i) for i in fused_ranking(sample, weights, how)]
-    if hops == 1 or len(first) <= k:
+    sections = sample.doc.spec.titles if distinct_sections else None
+    if len(first) <= k:
         return first[:k]
+    if hops == 1:
+        return pick_leaves(first[:1], first, k, sections)
     keep = first[:(k + 1) // 2]
     query = second_hop_query(sample.doc, keep[0], sample.question, hop_query)
     if query not in sample.hop_scores:  # candidates share second-hop queries: scored once
         sample.hop_scores[query] = text_scores(sample.doc, query, sample.embedder,
                                                *sample.vectors)
     scores = sample.hop_scores[query]
-    second = [int(i) for i in _ranking(scores, weights, how) if int(i) not in keep]
-    return (keep + second)[:k]
+    return pick_leaves(keep, _ranking(scores, weights, how), k, sections)
 
 
 def recall_at(sample: LeafSample, ranking, k: int) -> float:
@@ -124,9 +127,10 @@ def weight_grid(kinds=TEXT_SCORES) -> list[dict]:
 
 
 def fit_fusion(samples: list[LeafSample], k: int = 2, hops: int = 1,
-               candidates: list[dict] | None = None, fusions=("weighted", "rrf")
-               ) -> tuple[dict, list[dict]]:
-    """The best fusion on `samples`: `({"fuse", "weights", "recall"}, every candidate's row)`.
+               candidates: list[dict] | None = None, fusions=("weighted", "rrf"),
+               distinct_sections: bool = False) -> tuple[dict, list[dict]]:
+    """The best fusion on `samples`: `({"fuse", "weights", "recall"}, every candidate's row)`,
+    the answer's leaves picked as `routed_leaves` picks them.
     Candidates default to BM25 with each of `DENSE_WEIGHTS` for dense, and dense alone; pass
     `weight_grid()` to search the sentence kinds too. Each kind alone is a candidate, so the
     fit never does worse on its training questions than the best single score."""
@@ -136,7 +140,8 @@ def fit_fusion(samples: list[LeafSample], k: int = 2, hops: int = 1,
         candidates = [{"bm25": 1.0, "dense": wd} for wd in DENSE_WEIGHTS] + [{"dense": 1.0}]
     rows = []
     for how, weights in itertools.product(fusions, candidates):
-        r = float(np.mean([recall_at(s, routed_leaves(s, weights, how, k, hops), k)
+        r = float(np.mean([recall_at(s, routed_leaves(s, weights, how, k, hops,
+                                                      distinct_sections=distinct_sections), k)
                            for s in samples]))
         rows.append({"fuse": how, "weights": dict(weights), "recall": r})
     best = max(rows, key=lambda row: row["recall"])  # the first of equals
