@@ -35,18 +35,25 @@ def _segment_logits(lm, pre, seg_k, seg_v, post):
     return np.asarray(logits)[0]
 
 
-def test_leaf_kv_equals_a_masked_forward_over_the_same_layout(tmp_path):
-    # Given a tiny Llama (as transformers and as our LM) and three leaves of a document
+def _tiny_leaves(tmp_path, leaves):
+    """A tiny Llama (as transformers' directory and as our LM), a 16-token leaf config with m=2,
+    fresh memory parameters and the leaves padded into `[n, 16]` tokens."""
     hf = make_tiny(tmp_path, "llama", max_position_embeddings=256)
     lm = h2mt_jax.load_lm(hf, tokenizer=False)
+    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=16, title_tokens=0), mem_tokens=2)
+    params = init_params(lm.config.hidden_size, 0.02, cfg, __import__("jax").random.PRNGKey(0))
+    tokens = np.zeros((len(leaves), 16), np.int32)
+    for i, t in enumerate(leaves):
+        tokens[i, :len(t)] = t
+    return hf, lm, cfg, params, tokens
+
+
+def test_leaf_kv_equals_a_masked_forward_over_the_same_layout(tmp_path):
+    # Given a tiny Llama (as transformers and as our LM) and three leaves of a document
     rng = np.random.default_rng(0)
     leaves = [rng.integers(3, 128, size=n).tolist() for n in (7, 12, 5)]
     pre, post = rng.integers(3, 128, size=6).tolist(), rng.integers(3, 128, size=9).tolist()
-    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=16, title_tokens=0), mem_tokens=2)
-    params = init_params(lm.config.hidden_size, 0.02, cfg, __import__("jax").random.PRNGKey(0))
-    tokens = np.zeros((3, 16), np.int32)
-    for i, t in enumerate(leaves):
-        tokens[i, :len(t)] = t
+    hf, lm, cfg, params, tokens = _tiny_leaves(tmp_path, leaves)
     # When the leaf pass stores their KV caches (float32) and leaves 0 and 2 are answered from
     _, passkv = leaf_memories(lm.graphdef, lm.params, params, cfg, tokens,
                               np.asarray([len(t) for t in leaves]), with_kv=True)
@@ -78,16 +85,10 @@ def test_leaf_kv_equals_a_masked_forward_over_the_same_layout(tmp_path):
 
 def test_leaf_kv_after_a_prefix_equals_the_text_prompt_that_starts_with_it(tmp_path):
     # Given a tiny Llama, two leaves and a prompt whose first tokens are the prefix
-    hf = make_tiny(tmp_path, "llama", max_position_embeddings=256)
-    lm = h2mt_jax.load_lm(hf, tokenizer=False)
     rng = np.random.default_rng(1)
     leaves = [rng.integers(3, 128, size=n).tolist() for n in (9, 6)]
     prefix, post = rng.integers(3, 128, size=5).tolist(), rng.integers(3, 128, size=7).tolist()
-    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=16, title_tokens=0), mem_tokens=2)
-    params = init_params(lm.config.hidden_size, 0.02, cfg, __import__("jax").random.PRNGKey(0))
-    tokens = np.zeros((2, 16), np.int32)
-    for i, t in enumerate(leaves):
-        tokens[i, :len(t)] = t
+    hf, lm, cfg, params, tokens = _tiny_leaves(tmp_path, leaves)
     lengths = np.asarray([len(t) for t in leaves])
 
     def stored(kv_prefix):
