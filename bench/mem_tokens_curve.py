@@ -1,5 +1,6 @@
-"""F1 against `m` (memory tokens per leaf): one equal-budget QA fine-tuning run per `m` from one
-checkpoint, each scored with oracle routing on the demo's held-out manuals.
+"""F1 against `m` (memory tokens per leaf), and against QA training steps: one QA fine-tuning run
+per `m` from one checkpoint, scored with oracle routing on the demo's held-out manuals after each
+of the `--steps` counts.
 
 Every point starts from `--checkpoint` (default: the shipped `smollm2-135m-h2mt`, trained with
 m = 16) with its write tokens, pooling queries and aggregator write tokens resized to `m`
@@ -10,12 +11,17 @@ scored by `bench/answer_quality.py --routes oracle` on manuals 16..19 (36 questi
 the same trained decoder reading the same leaves' raw text, so `f1 / text_f1` is the fraction the
 memory issue targets (memory_kv >= 0.8, memory >= 0.6).
 
-Each point is its own `train.py` process (resumable: an existing `runs/mem_curve/<tag>/model`
-is scored, not retrained; an existing score is kept). Writes JSON to stdout and `--out`, and a
-PNG beside it.
+With one step count, each point is its own `train.py` run (cosine schedule). With several
+(`--steps 100,200,400`), one run per `m` goes through them in order at a constant learning rate
+(after warmup), each count resuming the previous one's checkpoint, and its model is copied to
+`model_s<steps>` and scored: the learning curve of one run. Resumable: an existing model is
+scored, not retrained; an existing score is kept. Writes JSON to stdout and `--out`, and PNGs
+beside it (F1 against m; F1 against steps).
 
     python bench/mem_tokens_curve.py --m 4,8,16 [--steps 24] [--distill kl]
     python bench/mem_tokens_curve.py --m 16 --distill tokens   # the distill=tokens point
+    python bench/mem_tokens_curve.py --m 16 --steps 100,200,300,400 --train-docs 40 \
+        --out bench/results/mem_steps_curve.json              # F1 against training steps
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,59 +46,81 @@ def _run(cmd: list[str], log: str) -> None:
         raise SystemExit(f"{cmd[1]} failed with exit status {rc}; see {log}")
 
 
-def point(m: int, args) -> dict:
-    """Trains (unless done) and scores one point; returns its row."""
-    tag = f"m{m}_{args.distill}_s{args.steps}"
-    work = os.path.join(args.runs, tag)
+def point(m: int, steps: int, args, curve: bool = False) -> dict:
+    """Trains (unless done) and scores one point; returns its row. `curve`: the run is shared by
+    every step count of this `m` (constant learning rate; resumed from the last count's
+    checkpoint)."""
+    if curve:
+        work = os.path.join(args.runs, f"m{m}_{args.distill}_d{args.train_docs}_constant")
+        model, score_path = (os.path.join(work, f"model_s{steps}"),
+                             os.path.join(work, f"answer_quality_s{steps}.json"))
+    else:
+        work = os.path.join(args.runs, f"m{m}_{args.distill}_s{steps}")
+        model, score_path = os.path.join(work, "model"), os.path.join(work, "answer_quality.json")
     os.makedirs(work, exist_ok=True)
-    score_path = os.path.join(work, "answer_quality.json")
     if os.path.isfile(score_path):
         with open(score_path) as f:
             return json.load(f)
     log = os.path.join(work, "log.txt")
     t0 = time.perf_counter()
-    if not os.path.isfile(os.path.join(work, "model", "h2mt.json")):
-        _run([sys.executable, "train.py", "--config=configs/memory_qa.py",
-              f"--config.checkpoint={args.checkpoint}", f"--config.train.mem_tokens={m}",
-              f"--config.train.steps={args.steps}", f"--config.train.warmup={args.warmup}",
-              f"--config.train.distill={args.distill}",
-              f"--config.data.train_docs={args.train_docs}",
-              f"--config.data.hotpotqa_records={args.hotpotqa_records}",
-              "--config.eval.after_training=False", f"--config.workdir={work}"], log)
+    if curve and steps == 0:  # the starting checkpoint itself
+        model = args.checkpoint
+    elif not os.path.isfile(os.path.join(model, "h2mt.json")):
+        cmd = [sys.executable, "train.py", "--config=configs/memory_qa.py",
+               f"--config.checkpoint={args.checkpoint}", f"--config.train.mem_tokens={m}",
+               f"--config.train.steps={steps}", f"--config.train.warmup={args.warmup}",
+               f"--config.train.distill={args.distill}",
+               f"--config.train.route_weight={args.route_weight}",
+               f"--config.data.train_docs={args.train_docs}",
+               f"--config.data.hotpotqa_records={args.hotpotqa_records}",
+               "--config.eval.after_training=False", f"--config.workdir={work}"]
+        if curve:
+            cmd.append("--config.train.decay=constant")
+        _run(cmd, log)
+        if curve:
+            shutil.rmtree(model, ignore_errors=True)
+            shutil.copytree(os.path.join(work, "model"), model)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "bench/answer_quality.py", "--checkpoint", os.path.join(work, "model"),
+        [sys.executable, "bench/answer_quality.py", "--checkpoint", model,
          "--routes", "oracle", "--modes", "memory,memory_kv,text", "--ttft-tokens", "0",
          "--k", "2", "--eval-docs", str(args.eval_docs)],
         cwd=ROOT, capture_output=True, text=True)
     if out.returncode:
         with open(log, "a") as f:
             f.write(out.stderr)
-        raise SystemExit(f"answer_quality failed for m={m}; see {log}")
+        raise SystemExit(f"answer_quality failed for m={m}, steps={steps}; see {log}")
     res = json.loads(out.stdout)
-    row = {"m": m, "distill": args.distill, "steps": args.steps, "train_s": train_s,
+    row = {"m": m, "distill": args.distill, "steps": steps, "train_s": train_s,
            "score_s": time.perf_counter() - t1,
            "f1": {k.split("/")[1]: v["f1"] for k, v in res["quality"].items()},
            "f1_vs_text": res["oracle_f1_vs_text"], "questions": res["questions"]}
+    if curve:
+        row.update(schedule="constant", train_docs=args.train_docs)
     with open(score_path, "w") as f:
         json.dump(row, f, indent=1)
     return row
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, x: str = "m") -> None:
+    """F1 (oracle) of each reading against `x` ("m" or "steps")."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(rows, key=lambda r: r["m"])
-    ms = [r["m"] for r in rows]
+    rows = sorted(rows, key=lambda r: r[x])
+    xs = [r[x] for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for mode, style in (("memory", "o-"), ("memory_kv", "s-"), ("text", "k--")):
-        ax.plot(ms, [r["f1"][mode] for r in rows], style, label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ms, [str(m) for m in ms])
-    ax.set_xlabel("memory tokens per leaf (m)")
+        ax.plot(xs, [r["f1"][mode] for r in rows], style, label=mode)
+    if x == "m":
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(v) for v in xs])
+        ax.set_xlabel("memory tokens per leaf (m)")
+    else:
+        ax.set_xlabel(f"QA training steps (m = {rows[0]['m']}, "
+                      f"{rows[0].get('train_docs', '?')} training manuals)")
     ax.set_ylabel("F1, oracle routing")
     ax.set_title(f"held-out manuals, {rows[0]['questions']} questions", fontsize=9)
     ax.legend(fontsize=8)
@@ -103,32 +132,46 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", default="4,8,16", help="comma-separated memory token counts")
     ap.add_argument("--checkpoint", default="smollm2-135m-h2mt")
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", default="24", help="QA training steps; several (100,200,...): "
+                    "the learning curve of one constant-rate run per m")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--distill", default="kl", choices=("none", "kl", "tokens"))
     ap.add_argument("--train-docs", type=int, default=8)
     ap.add_argument("--hotpotqa-records", type=int, default=0)
     ap.add_argument("--eval-docs", type=int, default=4)
+    ap.add_argument("--route-weight", type=float, default=1.0,
+                    help="λ of the routing loss (0: train the answer alone)")
     ap.add_argument("--runs", default=os.path.join(ROOT, "runs", "mem_curve"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "mem_tokens_curve.json"))
     args = ap.parse_args()
     ms = sorted({int(x) for x in args.m.split(",") if x.strip()})
     if not ms or min(ms) < 1:
         raise SystemExit("--m needs positive integers")
-    rows = [point(m, args) for m in ms]
+    steps = sorted({int(x) for x in str(args.steps).split(",") if x.strip()})
+    if not steps or min(steps) < 0 or (len(steps) == 1 and steps[0] == 0):
+        raise SystemExit("--steps needs positive integers (0 only beside others)")
+    curve = len(steps) > 1
+    rows = [point(m, n, args, curve) for m in ms for n in steps]
     prev = {}
+    key = lambda r: (r["m"], r["distill"], r["steps"], r.get("schedule", "cosine"))  # noqa: E731
     if os.path.isfile(args.out):  # keep the other points of earlier runs (other m or distill)
         with open(args.out) as f:
-            prev = {(r["m"], r["distill"], r["steps"]): r for r in json.load(f)["points"]}
-    prev.update({(r["m"], r["distill"], r["steps"]): r for r in rows})
+            prev = {key(r): r for r in json.load(f)["points"]}
+    prev.update({key(r): r for r in rows})
     result = {"bench": "mem_tokens_curve", "checkpoint": args.checkpoint,
               "train_docs": args.train_docs, "hotpotqa_records": args.hotpotqa_records,
               "points": sorted(prev.values(), key=lambda r: (r["distill"], r["steps"], r["m"]))}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
-    same = [r for r in result["points"] if (r["distill"], r["steps"]) == (args.distill, args.steps)]
-    if len(same) > 1:
-        plot(same, os.path.splitext(args.out)[0] + f"_{args.distill}.png")
+    base = os.path.splitext(args.out)[0]
+    if curve:
+        for m in ms:
+            plot([r for r in rows if r["m"] == m], f"{base}_m{m}_{args.distill}.png", x="steps")
+    else:
+        same = [r for r in result["points"] if (r["distill"], r["steps"], r.get(
+            "schedule", "cosine")) == (args.distill, steps[0], "cosine")]
+        if len(same) > 1:
+            plot(same, f"{base}_{args.distill}.png")
     print(json.dumps(result, indent=1))
 
 

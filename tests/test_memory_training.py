@@ -189,6 +189,29 @@ def test_teacher_targets_come_from_the_text_pass(lm):
     assert g["t_answer"][-1] == lm.eos_ids[0] and 1 <= len(g["t_answer"]) <= 5
 
 
+def test_a_resumed_run_reads_the_teachers_targets_instead_of_running_it_again(tmp_path,
+                                                                              monkeypatch):
+    # Given the tiny QA config with distillation, whose examples are built once in a workdir
+    from configs.memory_qa import get_config as qa_config
+    from h2mt_jax.train import h2mt_qa
+
+    c = qa_config("tiny")
+    c.data.hotpotqa_records, c.data.train_docs, c.train.distill = 0, 1, "kl"
+    first = h2mt_qa.H2MTQATask(c, progress=False, workdir=str(tmp_path))
+    built = first.examples(first.train_items)
+    assert len(list((tmp_path / "indexes" / "teacher").glob("*.npz"))) == len(built)
+    # When a second task over the same workdir builds them again, the teacher must not run
+    monkeypatch.setattr(h2mt_qa, "teacher_targets",
+                        lambda *a, **k: pytest.fail("the teacher ran again"))
+    second = h2mt_qa.H2MTQATask(c, progress=False, workdir=str(tmp_path))
+    again = second.examples(second.train_items)
+    # Then every example carries the same targets
+    for a, b in zip(built, again):
+        assert a.item.question == b.item.question and a.teacher.keys() == b.teacher.keys()
+        for name in a.teacher:
+            np.testing.assert_array_equal(a.teacher[name], b.teacher[name])
+
+
 def test_pretrain_loss_reads_one_mode_per_batch(lm):
     # Given a batch and its copy marked for the other reading
     c = get_config("tiny")

@@ -236,7 +236,7 @@ class H2MTQATask(H2MTTrainable):
             labels = np.full(len(seq), -1, np.int32)
             start = len(pre) + k * m + len(post)
             labels[start - 1:len(seq) - 1] = seq[start:]
-            teacher = self._teacher(it, index, gold, ans, start, len(seq))
+            teacher = self._teacher_cached(cache, it, index, gold, ans, start, len(seq))
             if teacher is not None and "t_answer" in teacher:
                 t_seq = pre + [0] * (k * m) + post + teacher.pop("t_answer")
                 t_labels = np.full(len(t_seq), -1, np.int32)
@@ -247,6 +247,30 @@ class H2MTQATask(H2MTTrainable):
         if not out:
             raise ValueError(f"none of the {len(items)} training items has gold evidence and at "
                              f"least k={k} leaves")
+        return out
+
+    def _teacher_cached(self, cache: str | None, it: QAItem, index: Index, gold: list[int],
+                        answer: list[int], start: int, seq_len: int) -> dict | None:
+        """`_teacher`, kept as `.npz` files under the index cache (`workdir/indexes/teacher`,
+        which the starting parameters key), so that a resumed run does not run the teacher
+        again."""
+        if self.distill == "none" or cache is None:
+            return self._teacher(it, index, gold, answer, start, seq_len)
+        t = self.config.train
+        key = json.dumps([it.doc_id, it.question, answer, sorted(gold), start, seq_len,
+                          self.distill, int(t.get("distill_topk", 32))])
+        path = os.path.join(cache, "teacher", hashlib.sha1(key.encode()).hexdigest()[:24] + ".npz")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {name: (z[name].tolist() if name == "t_answer" else z[name])
+                        for name in z.files}
+        except (FileNotFoundError, OSError, ValueError):
+            pass
+        out = self._teacher(it, index, gold, answer, start, seq_len)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **{name: np.asarray(v) for name, v in out.items()})
+        os.replace(tmp, path)
         return out
 
     def _teacher(self, it: QAItem, index: Index, gold: list[int], answer: list[int],
