@@ -115,10 +115,14 @@ def main():
     doc_tokens = index.timings["leaf_tokens"]
     ttft = {}
     empty_ids = prompts.prompt_ids(lm.tokenizer, template, "", q.question)
-    lm.generate_ids([empty_ids], max_new_tokens=new_tokens)
-    ttft["empty"] = statistics.median(
-        lm.generate_ids([empty_ids], max_new_tokens=new_tokens).prefill_s
-        for _ in range(args.repeats))
+    n_pre = prompts.template_prefix(lm.tokenizer, template, q.question, empty_ids)
+
+    def empty_prefill() -> float:  # with the template's opening cached, as every mode reads it
+        return lm.generate_ids([empty_ids[n_pre:]], prefix=empty_ids[:n_pre],
+                               max_new_tokens=new_tokens).prefill_s
+
+    empty_prefill()
+    ttft["empty"] = statistics.median(empty_prefill() for _ in range(args.repeats))
     for mode in MODES:
         h2mt.answer(index, q.question, template=template, max_new_tokens=new_tokens,
                     answer_from=mode)  # compiles

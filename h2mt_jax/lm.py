@@ -57,6 +57,9 @@ class LM:
         self.tokenizer = tokenizer
         self.name = name
         self.revision: str | None = None  # the hub commit of the weights, when downloaded
+        # prompt-prefix caching (`generation.prefix`): False runs every prompt whole
+        self.reuse_prefixes = True
+        self._prefixes = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -83,6 +86,18 @@ class LM:
         from h2mt_jax.backbone.lora import merge_lora
 
         return self.with_params(merge_lora(self.params, lora, scale))
+
+    @property
+    def prefix_cache(self):
+        """The `generation.prefix.PrefixCache` of these weights (`None` when `reuse_prefixes` is
+        off); emptied whenever `params` is replaced."""
+        if not self.reuse_prefixes:
+            return None
+        from h2mt_jax.generation.prefix import PrefixCache
+
+        if self._prefixes is None or self._prefixes.params is not self.params:
+            self._prefixes = PrefixCache(self.params)
+        return self._prefixes
 
     # -- ids ------------------------------------------------------------------------------------
     def check_ids(self, ids) -> np.ndarray:
@@ -155,19 +170,38 @@ class LM:
 
     def generate_ids(self, ids: list[list[int]] | None = None, *, embeds=None, lengths=None,
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int = 0) -> Generation:
-        """Generation from token ids or input embeddings, with timings (see `Generation`)."""
+                     seed: int = 0, prefix: list[int] | None = None) -> Generation:
+        """Generation from token ids or input embeddings, with timings (see `Generation`).
+
+        `prefix` (one prompt): token ids the prompt starts with, before `ids` / `embeds`, shared
+        with other prompts (a template's opening): their keys and values are computed once and
+        kept (`prefix_cache`), so each prompt prefills only the rest. The output is that of the
+        whole prompt; with `reuse_prefixes` off the whole prompt is run."""
         if ids is not None:
             ids = [list(self.check_ids(r)) for r in ids]
+        if prefix is not None and len(prefix):
+            prefix = list(self.check_ids(prefix))
+            if self.prefix_cache is None:  # run the whole prompt
+                if ids is not None:
+                    ids = [prefix + r for r in ids]
+                else:
+                    emb = np.asarray(self.params["embedding"].value)[prefix]
+                    embeds = np.concatenate([np.broadcast_to(emb, (len(embeds),) + emb.shape),
+                                             np.asarray(embeds)], axis=1)
+                    lengths = None if lengths is None else [len(prefix) + n for n in lengths]
+                prefix = None
+        else:
+            prefix = None
         return generate(self.graphdef, self.params, max_positions=self.config.max_position_embeddings,
                         eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens,
                         sampling=Sampling(temperature, top_p), seed=seed, ids=ids, embeds=embeds,
-                        lengths=lengths)
+                        lengths=lengths, prefix=prefix, prefix_cache=self.prefix_cache)
 
     def generate_with_segment(self, pre: list[int], seg_k: np.ndarray, seg_v: np.ndarray,
                               post: list[int], max_new_tokens: int = 64) -> Generation:
         """Greedy generation from `[pre ‖ cached segment ‖ post]`, the segment given as pre-RoPE
-        keys and values `[layers, L, kv_heads, head_dim]` (`generation.kv_prompt`)."""
+        keys and values `[layers, L, kv_heads, head_dim]` (`generation.kv_prompt`); `pre`'s
+        keys and values are kept in `prefix_cache` when `reuse_prefixes` is on."""
         c = self.config
         want = (c.num_layers, c.num_kv_heads, c.head_dim)
         got = (seg_k.shape[0],) + tuple(seg_k.shape[2:])
@@ -177,7 +211,8 @@ class LM:
         return generate_with_segment(
             self.graphdef, self.params, pre=list(self.check_ids(pre)), seg_k=seg_k, seg_v=seg_v,
             post=list(self.check_ids(post)), max_positions=c.max_position_embeddings,
-            eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens)
+            eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens,
+            prefix_cache=self.prefix_cache)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 64, chat: bool = True,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:

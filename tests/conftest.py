@@ -106,3 +106,18 @@ def smollm2_torch(smollm2_gguf):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def record_prompts(monkeypatch, lm) -> list:
+    """Spies on `lm.generate_ids`: the returned list gets, per call, the whole prompts asked for
+    (the cached `prefix` the call names, then its ids), or None for an embeddings call."""
+    seen = []
+    generate_ids = lm.generate_ids
+
+    def spy(ids=None, **kw):
+        seen.append(ids if ids is None else [list(kw.get("prefix") or []) + list(r)
+                                             for r in ids])
+        return generate_ids(ids, **kw)
+
+    monkeypatch.setattr(lm, "generate_ids", spy)
+    return seen

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import tiny_lm_with
+from conftest import record_prompts, tiny_lm_with
 from h2mt_jax.data import prompts
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.eval.methods import METHODS, STOPWORDS, Prediction, chunk_ids, make_method
@@ -52,10 +52,8 @@ def test_every_method_gives_a_sane_prediction(methods, manual, name, monkeypatch
     q = manual.questions[0]
     m = methods[name]
     m.prepare("manual-0", manual.text)
-    prompts_seen = []  # the prompt ids the backbone is asked to continue
     generate_ids = m.lm.generate_ids
-    monkeypatch.setattr(m.lm, "generate_ids", lambda ids=None, **kw: (
-        prompts_seen.append(ids) or generate_ids(ids, **kw)))
+    prompts_seen = record_prompts(monkeypatch, m.lm)  # whole prompts, cached opening included
     # When the method answers
     p = m.answer("manual-0", manual.text, q.question, TEMPLATE, NEW, gold_spans=q.gold_spans)
     # Then the prediction is complete and consistent
@@ -139,10 +137,7 @@ def test_rag_prompt_holds_the_retrieved_chunks_in_document_order(tiny_lm, manual
     needle = "Zorblaxian note: the zorblaxian resonator of the zorblaxian line is painted crimson."
     context = manual.text + "\n\n" + needle
     m = make_method("rag_bm25", tiny_lm, k=3, chunk_tokens=32)
-    seen = []
-    generate_ids = tiny_lm.generate_ids
-    monkeypatch.setattr(tiny_lm, "generate_ids", lambda ids=None, **kw: (
-        seen.append(ids) or generate_ids(ids, **kw)))
+    seen = record_prompts(monkeypatch, tiny_lm)
     q = "What colour is the zorblaxian resonator painted?"
     p = m.answer("needle", context, q, TEMPLATE, NEW)
     # Then the prompt holds the three chunks in the document's order (the best one last here)

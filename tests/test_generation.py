@@ -63,6 +63,83 @@ def test_one_program_serves_a_bucket(tiny_lm):
     assert prefill_tokens._cache_size() == before
 
 
+def test_a_cached_prefix_gives_the_whole_prompts_answer(tiny_lm):
+    from h2mt_jax.generation.prefix import prefill_after_prefix
+
+    # Given prompts that share a 23-token opening (a template's text before the context)
+    pre = list(range(3, 26))
+    rests = [[40, 41, 42], list(range(60, 100))]
+    whole = [tiny_lm.generate_ids([pre + r], max_new_tokens=10) for r in rests]
+    # When only the rest is prefilled, from the opening's cached keys and values
+    cache = tiny_lm.prefix_cache
+    first = [tiny_lm.generate_ids([r], prefix=pre, max_new_tokens=10) for r in rests]
+    # Then the answers and the first-token logits' argmax are the whole prompt's
+    assert [g.tokens for g in first] == [g.tokens for g in whole]
+    assert first[0].prompt_tokens == whole[0].prompt_tokens == [len(pre) + 3]
+    assert (cache.misses, cache.hits) == (1, 1)  # the opening ran once
+    # and the prefilled logits themselves match, from token ids and from embeddings
+    prefix = cache.get(tiny_lm.graphdef, tiny_lm.params, pre)
+    emb = tiny_lm.model.embed(jnp.asarray([rests[1] + [0] * 24]))  # padded to the 64 bucket
+    logits, filled = prefill_after_prefix(tiny_lm.graphdef, tiny_lm.params, prefix.cache, emb,
+                                          jnp.int32(len(rests[1])), 128)
+    want = np.asarray(tiny_lm.logits(np.asarray([pre + rests[1]])))[0, -1]
+    np.testing.assert_allclose(np.asarray(logits)[0], want, rtol=1e-4, atol=1e-4)
+    assert int(filled.lengths[0]) == len(pre) + len(rests[1])
+    emb_first = tiny_lm.generate_ids(embeds=tiny_lm.model.embed(jnp.asarray([rests[0]])),
+                                     prefix=pre, max_new_tokens=10)
+    assert emb_first.tokens == whole[0].tokens
+    # With prefix reuse off, the same call runs the whole prompt and answers the same
+    tiny_lm.reuse_prefixes = False
+    try:
+        assert tiny_lm.generate_ids([rests[0]], prefix=pre, max_new_tokens=10).tokens == \
+            whole[0].tokens
+        assert tiny_lm.generate_ids(embeds=tiny_lm.model.embed(jnp.asarray([rests[0]])),
+                                    prefix=pre, max_new_tokens=10).tokens == whole[0].tokens
+    finally:
+        tiny_lm.reuse_prefixes = True
+    # A prompt batch cannot share one cached prefix
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        tiny_lm.generate_ids(rests, prefix=pre, max_new_tokens=2)
+
+
+def test_a_cached_prefix_before_a_kv_segment_gives_the_same_prefill(tiny_lm):
+    from h2mt_jax.generation.kv_prompt import prefill_segment_after_prefix, prefill_with_segment
+
+    # Given [pre ‖ segment of stored keys/values ‖ post]
+    c = tiny_lm.config
+    pre, post = list(range(3, 26)), [50, 51, 52, 53]
+    rng = np.random.default_rng(0)
+    seg_k, seg_v = (jnp.asarray(rng.normal(size=(c.num_layers, 16, c.num_kv_heads, c.head_dim)),
+                                jnp.float32) for _ in range(2))
+    post_ids = jnp.asarray([post + [0] * 12])
+    want, _ = prefill_with_segment(tiny_lm.graphdef, tiny_lm.params,
+                                   jnp.asarray([pre + [0] * 9]), jnp.int32(len(pre)), seg_k,
+                                   seg_v, jnp.int32(13), post_ids, jnp.int32(len(post)), 128)
+    # When pre comes from the prefix cache
+    prefix = tiny_lm.prefix_cache.get(tiny_lm.graphdef, tiny_lm.params, pre)
+    got, cache = prefill_segment_after_prefix(tiny_lm.graphdef, tiny_lm.params, prefix.cache,
+                                              seg_k, seg_v, jnp.int32(13), post_ids,
+                                              jnp.int32(len(post)), 128)
+    # Then the logits and the filled length are the same
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert int(cache.lengths[0]) == len(pre) + 13 + len(post)
+
+
+def test_the_prefix_cache_is_bounded_and_follows_the_weights(tiny_lm):
+    from h2mt_jax.generation.prefix import PrefixCache
+
+    cache = PrefixCache(tiny_lm.params, entries=2)
+    for p in ([1, 2], [3, 4], [1, 2], [5, 6]):  # [3, 4] is the least recently used
+        cache.get(tiny_lm.graphdef, tiny_lm.params, p)
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (1, 3)
+    cache.get(tiny_lm.graphdef, tiny_lm.params, [1, 2])
+    assert cache.hits == 2
+    with pytest.raises(ValueError, match="at least one token"):
+        cache.get(tiny_lm.graphdef, tiny_lm.params, [])
+    other = tiny_lm.with_params(jax.tree.map(lambda x: x * 1.01, tiny_lm.params))
+    assert other.prefix_cache is not tiny_lm.prefix_cache and len(other.prefix_cache) == 0
+
+
 def test_sampling_is_seeded_and_respects_top_p(tiny_lm):
     p = [[5, 6, 7]]
     a = tiny_lm.generate_ids(p, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=1).tokens

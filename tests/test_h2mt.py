@@ -80,6 +80,28 @@ def test_answer_reports_route_and_timings(h2mt, index, manual):
     assert text.memory_tokens == 0 and text.prompt_tokens > oracle.prompt_tokens
 
 
+def test_answers_read_the_templates_opening_from_the_prefix_cache(h2mt, index, manual):
+    # Given one question, answered with the template's opening cached and then run whole
+    q = manual.questions[0]
+    gold = index.leaves_for_spans(q.gold_spans)
+    alm = h2mt.answer_lm
+    got = {}
+    for reuse in (True, False):
+        alm.reuse_prefixes = reuse
+        try:
+            got[reuse] = {m: h2mt.answer(index, q.question, answer_from=m, route="oracle",
+                                         gold_leaves=gold, max_new_tokens=8)
+                          for m in ("memory", "text")}
+        finally:
+            alm.reuse_prefixes = True
+    # Then every mode answers the same from the same number of prompt positions
+    for m in ("memory", "text"):
+        assert got[True][m].text == got[False][m].text
+        assert got[True][m].prompt_tokens == got[False][m].prompt_tokens
+    # and the opening was computed once for both modes (one template, one question)
+    assert alm.prefix_cache.misses >= 1 and alm.prefix_cache.hits >= 1
+
+
 def test_ancestors_are_fed_coarse_to_fine(tiny_lm, index, manual):
     h = H2MT.create(tiny_lm, H2MTConfig(build=index.build, k=2, ancestors=True))
     a = h.answer(index, manual.questions[1].question)

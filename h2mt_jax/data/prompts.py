@@ -87,6 +87,15 @@ def split_prompt(tokenizer, template: str, question: str, chat: bool = True
     return pre, post
 
 
+def template_prefix(tokenizer, template: str, question: str, ids: list[int]) -> int:
+    """How many of the prompt `ids` are the template's opening (`split_prompt`'s `pre`: the chat
+    preamble and the template's text before the context), the part that prompts of one task
+    share and whose keys and values `LM.generate_ids(prefix=...)` keeps; 0 when `ids` do not
+    start with it (a cut or a merged token at the boundary)."""
+    pre = split_prompt(tokenizer, template, question)[0]
+    return len(pre) if len(pre) < len(ids) and list(ids[:len(pre)]) == pre else 0
+
+
 def chat_preamble(tokenizer) -> list[int]:
     """Token ids that every chat-formatted prompt of this tokenizer starts with: the template's
     system turn and the opening of the user turn (SmolLM2: 24 tokens), the same whatever the

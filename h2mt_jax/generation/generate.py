@@ -53,9 +53,15 @@ def _finish(out, counts, eos_ids) -> list[list[int]]:
 def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], pad_id: int,
              max_new_tokens: int, sampling: Sampling = Sampling(), seed: int = 0,
              ids: list[list[int]] | None = None, embeds: np.ndarray | jax.Array | None = None,
-             lengths: list[int] | None = None) -> Generation:
+             lengths: list[int] | None = None, prefix: list[int] | None = None,
+             prefix_cache=None) -> Generation:
     """Generates from token-id prompts (`ids`) or from input embeddings (`embeds` `[B, T, d]` with
-    `lengths`). Prompts are right-padded to a length bucket; the cache to a size bucket."""
+    `lengths`). Prompts are right-padded to a length bucket; the cache to a size bucket.
+
+    `prefix` (token ids, one prompt only) with `prefix_cache` (a `generation.prefix.PrefixCache`):
+    the prompt starts with these tokens and `ids` / `embeds` are what follows them; the prefix's
+    keys and values come from the cache (computed there on a miss, inside the timed prefill), so
+    only the rest is run. `prompt_tokens` counts the prefix too."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if (ids is None) == (embeds is None):
@@ -66,6 +72,15 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
         lengths = list(lengths if lengths is not None else [embeds.shape[1]] * embeds.shape[0])
     if min(lengths) < 1:
         raise ValueError(f"prompt {int(np.argmin(lengths))} is empty")
+    if prefix:
+        if len(lengths) != 1:
+            raise ValueError("a cached prefix serves one prompt at a time")
+        if prefix_cache is None:
+            raise ValueError("a prefix needs the prefix_cache that keeps its keys and values")
+        return _generate_after(graphdef, params, prefix_cache, list(prefix), ids, embeds,
+                               lengths[0],
+                               max_positions=max_positions, eos_ids=eos_ids, pad_id=pad_id,
+                               max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
     longest = max(lengths)
     if longest + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
@@ -84,6 +99,33 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
     return decode_timed(graphdef, params, cache, logits, start, eos_ids=eos_ids, pad_id=pad_id,
                         max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
                         prompt_tokens=lengths)
+
+
+def _generate_after(graphdef, params, prefix_cache, prefix_ids: list[int], ids, embeds,
+                    length: int, *, max_positions: int, eos_ids, pad_id: int,
+                    max_new_tokens: int, sampling: Sampling, seed: int) -> Generation:
+    from h2mt_jax.generation.prefix import prefill_after_prefix, prefill_tokens_after_prefix
+
+    total = len(prefix_ids) + length
+    if total + max_new_tokens > max_positions:
+        raise ValueError(f"prompt of {total} tokens + {max_new_tokens} new tokens exceeds the "
+                         f"model's {max_positions} positions; shorten or truncate the prompt")
+    t = bucket(length)
+    n = jnp.int32(length)
+    start = time.perf_counter()
+    prefix = prefix_cache.get(graphdef, params, prefix_ids, pad_id)
+    need = prefix.n + t + max_new_tokens  # the padded rest is written from slot prefix.n
+    cache_size = max(min(bucket(need), max(max_positions, need)), prefix.cache.size)
+    if ids is not None:
+        logits, cache = prefill_tokens_after_prefix(
+            graphdef, params, prefix.cache, jnp.asarray(pad_ids(ids, pad_id, t)), n, cache_size)
+    else:
+        x = jnp.asarray(embeds)
+        x = jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0)))
+        logits, cache = prefill_after_prefix(graphdef, params, prefix.cache, x, n, cache_size)
+    return decode_timed(graphdef, params, cache, logits, start, eos_ids=eos_ids, pad_id=pad_id,
+                        max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                        prompt_tokens=[total])
 
 
 def decode_timed(graphdef, params, cache, logits, prefill_start: float, *,

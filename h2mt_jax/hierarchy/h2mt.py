@@ -445,6 +445,8 @@ class H2MT:
         keys/values), "leaf_kv" (their full stored KV caches: exact) or "text" (their raw text,
         the tree_text baseline). Every mode uses the same route and the same prompt template;
         for the memory and KV modes the prefill covers only the template and the question.
+        The template's opening (`pre`) is read from the answer backbone's prefix cache
+        (`LM.generate_ids(prefix=...)`), as by the text baselines of `evaluate.py`.
         The KV modes need an index built with `kv_store` (`index.modes`); they read leaves only
         (no ancestors). Memories and the write tokens' keys/values are the encoder's (backbone
         plus `enc_lora`); a leaf's own keys/values are the answer backbone's (plus the decoder
@@ -479,7 +481,8 @@ class H2MT:
         if mode == "text":
             ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(leaves))
             ids = prompts.prompt_ids(tok, template, ctx, question)
-            gen = alm.generate_ids([ids], max_new_tokens=max_new_tokens)
+            n = prompts.template_prefix(tok, template, question, ids)
+            gen = alm.generate_ids([ids[n:]], prefix=ids[:n], max_new_tokens=max_new_tokens)
             n_mem, n_prompt = 0, len(ids)
         elif mode in ("memory_kv", "leaf_kv"):  # stored keys/values in document order
             pre, post = prompts.split_prompt(tok, template, question)
@@ -493,10 +496,9 @@ class H2MT:
             nodes = self._selected_nodes(index, leaves)
             mem = index.node_memories(nodes).reshape(-1, index.memories.shape[-1])
             mem = np.asarray(read_memories(self.params, jnp.asarray(mem)))
-            emb = self.embedding
-            embeds = np.concatenate([emb[pre], mem, emb[post]])[None]
-            gen = alm.generate_ids(embeds=embeds, max_new_tokens=max_new_tokens)
-            n_mem, n_prompt = len(mem), embeds.shape[1]
+            embeds = np.concatenate([mem, self.embedding[post]])[None]  # after the cached pre
+            gen = alm.generate_ids(embeds=embeds, prefix=pre, max_new_tokens=max_new_tokens)
+            n_mem, n_prompt = len(mem), len(pre) + embeds.shape[1]
         timings["assemble_s"] = time.perf_counter() - t_asm - gen.prefill_s - gen.decode_s
         timings.update(prefill_s=gen.prefill_s, decode_s=gen.decode_s)
         timings["ttft_s"] = (timings["query_s"] + timings["route_s"] + timings["assemble_s"]

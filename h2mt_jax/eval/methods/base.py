@@ -63,9 +63,16 @@ class MethodBase:
             return self.window
         return self.lm.config.max_position_embeddings - max_new_tokens
 
-    def _generate(self, t0: float, ids: list[int], max_new_tokens: int, **kw) -> Prediction:
-        """Greedy generation from prompt ids; times from `t0` (question arrival)."""
-        gen = self.lm.generate_ids([ids], max_new_tokens=max_new_tokens)
+    def _generate(self, t0: float, ids: list[int], max_new_tokens: int, prefix_len: int = 0,
+                  **kw) -> Prediction:
+        """Greedy generation from prompt ids; times from `t0` (question arrival). The first
+        `prefix_len` ids (the template's opening, `prompts.template_prefix`) are read from the
+        LM's prefix cache, as for every method that answers through a template."""
+        if prefix_len:
+            gen = self.lm.generate_ids([ids[prefix_len:]], prefix=ids[:prefix_len],
+                                       max_new_tokens=max_new_tokens)
+        else:
+            gen = self.lm.generate_ids([ids], max_new_tokens=max_new_tokens)
         total = time.perf_counter() - t0
         text = self.lm.tokenizer.decode(gen.tokens[0], skip_special_tokens=True).strip()
         meta = {"prefill_s": gen.prefill_s, "decode_s": gen.decode_s, **kw.pop("meta", {})}

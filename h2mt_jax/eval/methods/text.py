@@ -20,8 +20,10 @@ class Full(MethodBase):
     def answer(self, doc_id, context, question, template, max_new_tokens, gold_spans=None):
         t0 = time.perf_counter()
         limit = self._max_tokens(max_new_tokens)
-        ids = prompts.prompt_ids(self.lm.tokenizer, template, context, question, max_tokens=limit)
-        pred = self._generate(t0, ids, max_new_tokens)
+        tok = self.lm.tokenizer
+        ids = prompts.prompt_ids(tok, template, context, question, max_tokens=limit)
+        pred = self._generate(t0, ids, max_new_tokens,
+                              prompts.template_prefix(tok, template, question, ids))
         rendered = prompts.render(template, context, question)
         pred.meta["truncated"] = len(self.lm.tokenizer(rendered, add_special_tokens=False)
                                      ["input_ids"]) > limit
@@ -52,9 +54,12 @@ class _ChunkRAG(MethodBase):
         scores = np.asarray(self._scores(index, question))
         top = [int(i) for i in np.argsort(-scores, kind="stable")[:self.k]]
         ctx = "\n\n".join(texts[i] for i in sorted(top))
-        ids = prompts.prompt_ids(self.lm.tokenizer, template, ctx, question,
+        tok = self.lm.tokenizer
+        ids = prompts.prompt_ids(tok, template, ctx, question,
                                  max_tokens=self._max_tokens(max_new_tokens))
-        return self._generate(t0, ids, max_new_tokens, build_s=build_s, retrieved=top,
+        return self._generate(t0, ids, max_new_tokens,
+                              prompts.template_prefix(tok, template, question, ids),
+                              build_s=build_s, retrieved=top,
                               meta={"scores": [float(scores[i]) for i in top],
                                     "chunks": len(chunks)})
 
@@ -158,7 +163,7 @@ class Compress(MethodBase):
         kept, info = self.compress(context, question)
         pre, post = prompts.split_prompt(self.lm.tokenizer, template, question)
         ids = pre + kept + post
-        pred = self._generate(t0, ids, max_new_tokens, retrieved=info.pop("kept_chunks"),
+        pred = self._generate(t0, ids, max_new_tokens, len(pre), retrieved=info.pop("kept_chunks"),
                               meta=info)
         pred.meta.update(kept_tokens=len(kept), context=self.lm.tokenizer.decode(kept))
         return pred
