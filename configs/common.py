@@ -137,6 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
     # memory_kv, leaf_kv: `<mode>_f1`; the KV modes build indexes with KV caches)
     c.eval.baseline_adapters = False  # evaluate.py: also run the text baselines (full, rag_*,
     # compress) with the checkpoint's decoder adapters, as "<method>+adapters"
+    c.eval.prefix_cache = True  # every method prefills its template's opening (chat preamble and
+    # the text before the context) once and keeps it (generation/prefix.py); False: run prompts whole
     return c
 
 

@@ -179,3 +179,8 @@ def test_temperature_scales_the_distribution(tiny_lm):
 def test_bucket():
     assert bucket(1) == 16 and bucket(16) == 16 and bucket(17) == 32
     assert bucket(8193) == 16384
+    from h2mt_jax.shapes import PROMPT_BUCKETS
+
+    # prompts also take the steps halfway between powers of two (less padding to prefill)
+    assert [bucket(n, PROMPT_BUCKETS) for n in (90, 150, 300, 700, 1100)] == [96, 192, 384, 768,
+                                                                              1536]

@@ -184,6 +184,9 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
         raise ValueError("no evaluation items: check config.data")
     lm = lm or backbone_from_config(config)
     h2mt, hmt = _load_models(config, lm, methods)
+    reuse = bool(config.eval.get("prefix_cache", True))
+    for backbone in [lm] + ([h2mt.answer_lm] if h2mt is not None else []):
+        backbone.reuse_prefixes = reuse
     settings = EvalSettings.from_config(config)
     settings_key = settings_hash(config)
     done = _done(partial, settings_key)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from h2mt_jax.generation.decode import decode, prefill, prefill_tokens
-from h2mt_jax.shapes import bucket
+from h2mt_jax.shapes import PROMPT_BUCKETS, bucket
 from h2mt_jax.generation.sampling import Sampling
 
 
@@ -85,7 +85,7 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
     if longest + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                          f"model's {max_positions} positions; shorten or truncate the prompt")
-    t = bucket(longest)
+    t = bucket(longest, PROMPT_BUCKETS)
     cache_size = min(bucket(t + max_new_tokens), max(max_positions, t + max_new_tokens))
     lens = jnp.asarray(lengths, jnp.int32)
     start = time.perf_counter()
@@ -110,7 +110,7 @@ def _generate_after(graphdef, params, prefix_cache, prefix_ids: list[int], ids, 
     if total + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {total} tokens + {max_new_tokens} new tokens exceeds the "
                          f"model's {max_positions} positions; shorten or truncate the prompt")
-    t = bucket(length)
+    t = bucket(length, PROMPT_BUCKETS)
     n = jnp.int32(length)
     start = time.perf_counter()
     prefix = prefix_cache.get(graphdef, params, prefix_ids, pad_id)

@@ -26,7 +26,7 @@ from h2mt_jax.generation.decode import prefill_cache
 from h2mt_jax.generation.generate import Generation, decode_timed, pad_ids
 from h2mt_jax.generation.prefix import extend_cache
 from h2mt_jax.generation.sampling import Sampling
-from h2mt_jax.shapes import bucket
+from h2mt_jax.shapes import PROMPT_BUCKETS, bucket
 from h2mt_jax.typing import Array, Float, Int
 
 
@@ -114,7 +114,8 @@ def generate_with_segment(graphdef, params, *, pre: list[int], seg_k: np.ndarray
     if total + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {total} positions + {max_new_tokens} new tokens exceeds the "
                          f"model's {max_positions} positions; select fewer leaves")
-    tp, tq, ts = bucket(len(pre)), bucket(len(post)), bucket(max(n_seg, 1))
+    tp, tq = bucket(len(pre), PROMPT_BUCKETS), bucket(len(post), PROMPT_BUCKETS)
+    ts = bucket(max(n_seg, 1))
     cache_size = bucket(tp + ts + tq + max_new_tokens)
     k = np.zeros((seg_k.shape[0], ts) + seg_k.shape[2:], np.float32)
     v = np.zeros_like(k)
