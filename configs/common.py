@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_new_tokens = 0  # 0: the dataset's LongBench generation length
     c.eval.k = 4  # leaves / chunks retrieved by retrieval-style methods
     c.eval.warmup = True  # one unrecorded answer per method first (compilation not timed)
-    c.eval.warmup_each = False  # a one-token unrecorded answer before every example instead:
+    c.eval.warmup_each = False  # an unrecorded answer before every example instead (same shapes):
     # each document's tree and prompt shapes compiled before its timed answer (warm TTFT)
     c.eval.tree_text = False  # train.py: also answer from the routed leaves' text (tree_text_f1)
     c.eval.answer_modes = "memory"  # train.py: the H²MT answer modes evaluated (memory,

@@ -339,7 +339,7 @@ def test_warmup_each_compiles_every_example_before_its_timed_answer(tmp_path, ad
     runner.run_evaluation(c, lm=adapted.lm, progress=False)
     with open(c.output) as f:
         ids = [row["id"] for row in json.load(f)["examples"]]
-    assert len(ids) == 2 and [x[0] for x in calls] == ids and all(x[1] == 1 for x in calls)
+    assert len(ids) == 2 and [x[0] for x in calls] == ids and all(x[1] is None for x in calls)
 
 
 def test_resizing_the_write_tokens_keeps_the_trained_rows_and_builds_m_memories(adapted):

@@ -214,8 +214,8 @@ def run_evaluation(config, lm=None, progress: bool = True) -> dict:
         if todo and config.eval.get("warmup", True) and not each:
             warm_up(method, todo[0], settings)
         for it in tqdm(todo, desc=f"evaluating {label}", disable=not progress):
-            if each:  # every item's shapes compiled before its timed answer
-                warm_up(method, it, settings, new_tokens=1)
+            if each:  # every item's shapes compiled before its timed answer: the same number
+                warm_up(method, it, settings)  # of new tokens, which sizes the compiled cache
             row = evaluate_example(method, it, settings)
             row["settings"] = settings_key
             if name in H2MT_METHODS and name != index_owner:
