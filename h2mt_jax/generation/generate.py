@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from h2mt_jax.generation.decode import decode, prefill, prefill_tokens
+from h2mt_jax.generation.prefix import prefill_after_prefix, prefill_tokens_after_prefix
 from h2mt_jax.shapes import PROMPT_BUCKETS, bucket
 from h2mt_jax.generation.sampling import Sampling
 
@@ -104,8 +105,6 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
 def _generate_after(graphdef, params, prefix_cache, prefix_ids: list[int], ids, embeds,
                     length: int, *, max_positions: int, eos_ids, pad_id: int,
                     max_new_tokens: int, sampling: Sampling, seed: int) -> Generation:
-    from h2mt_jax.generation.prefix import prefill_after_prefix, prefill_tokens_after_prefix
-
     total = len(prefix_ids) + length
     if total + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {total} tokens + {max_new_tokens} new tokens exceeds the "
