@@ -22,6 +22,9 @@ beside it (F1 against m; F1 against steps).
     python bench/mem_tokens_curve.py --m 16 --distill tokens   # the distill=tokens point
     python bench/mem_tokens_curve.py --m 16 --steps 100,200,300,400 --train-docs 40 \
         --out bench/results/mem_steps_curve.json              # F1 against training steps
+    python bench/mem_tokens_curve.py --m 16 --steps 0,100,200 --train-docs 40 \
+        --read-modes memory,memory_kv,text --out bench/results/mem_steps_curve.json
+                                                # the same with text batches mixed in
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODES = "memory,memory_kv"  # configs/memory_qa.py's train.read_modes
 
 
 def _run(cmd: list[str], log: str) -> None:
@@ -46,16 +50,22 @@ def _run(cmd: list[str], log: str) -> None:
         raise SystemExit(f"{cmd[1]} failed with exit status {rc}; see {log}")
 
 
+def _modes_suffix(args) -> str:
+    """"" for the default read modes, else "_memory+memory_kv+text" (run dirs, plot names)."""
+    return "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
+
+
 def point(m: int, steps: int, args, curve: bool = False) -> dict:
     """Trains (unless done) and scores one point; returns its row. `curve`: the run is shared by
     every step count of this `m` (constant learning rate; resumed from the last count's
     checkpoint)."""
+    modes = _modes_suffix(args)
     if curve:
-        work = os.path.join(args.runs, f"m{m}_{args.distill}_d{args.train_docs}_constant")
+        work = os.path.join(args.runs, f"m{m}_{args.distill}_d{args.train_docs}_constant{modes}")
         model, score_path = (os.path.join(work, f"model_s{steps}"),
                              os.path.join(work, f"answer_quality_s{steps}.json"))
     else:
-        work = os.path.join(args.runs, f"m{m}_{args.distill}_s{steps}")
+        work = os.path.join(args.runs, f"m{m}_{args.distill}_s{steps}{modes}")
         model, score_path = os.path.join(work, "model"), os.path.join(work, "answer_quality.json")
     os.makedirs(work, exist_ok=True)
     if os.path.isfile(score_path):
@@ -70,6 +80,7 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
                f"--config.checkpoint={args.checkpoint}", f"--config.train.mem_tokens={m}",
                f"--config.train.steps={steps}", f"--config.train.warmup={args.warmup}",
                f"--config.train.distill={args.distill}",
+               f"--config.train.read_modes={args.read_modes}",
                f"--config.train.route_weight={args.route_weight}",
                f"--config.data.train_docs={args.train_docs}",
                f"--config.data.hotpotqa_records={args.hotpotqa_records}",
@@ -98,6 +109,8 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
            "f1_vs_text": res["oracle_f1_vs_text"], "questions": res["questions"]}
     if curve:
         row.update(schedule="constant", train_docs=args.train_docs)
+    if args.read_modes != DEFAULT_MODES:
+        row["read_modes"] = args.read_modes
     with open(score_path, "w") as f:
         json.dump(row, f, indent=1)
     return row
@@ -141,6 +154,9 @@ def main():
     ap.add_argument("--eval-docs", type=int, default=4)
     ap.add_argument("--route-weight", type=float, default=1.0,
                     help="λ of the routing loss (0: train the answer alone)")
+    ap.add_argument("--read-modes", default=DEFAULT_MODES,
+                    help="train.read_modes of the QA runs; adding text keeps the decoder reading "
+                         "text (memory,memory_kv,text)")
     ap.add_argument("--runs", default=os.path.join(ROOT, "runs", "mem_curve"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "mem_tokens_curve.json"))
     args = ap.parse_args()
@@ -153,23 +169,27 @@ def main():
     curve = len(steps) > 1
     rows = [point(m, n, args, curve) for m in ms for n in steps]
     prev = {}
-    key = lambda r: (r["m"], r["distill"], r["steps"], r.get("schedule", "cosine"))  # noqa: E731
+    key = lambda r: (r["m"], r["distill"], r["steps"], r.get("schedule", "cosine"),  # noqa: E731
+                     r.get("read_modes", DEFAULT_MODES))
     if os.path.isfile(args.out):  # keep the other points of earlier runs (other m or distill)
         with open(args.out) as f:
             prev = {key(r): r for r in json.load(f)["points"]}
     prev.update({key(r): r for r in rows})
     result = {"bench": "mem_tokens_curve", "checkpoint": args.checkpoint,
               "train_docs": args.train_docs, "hotpotqa_records": args.hotpotqa_records,
-              "points": sorted(prev.values(), key=lambda r: (r["distill"], r["steps"], r["m"]))}
+              "points": sorted(prev.values(), key=lambda r: (
+                  r.get("read_modes", DEFAULT_MODES), r["distill"], r["steps"], r["m"]))}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     base = os.path.splitext(args.out)[0]
     if curve:
         for m in ms:
-            plot([r for r in rows if r["m"] == m], f"{base}_m{m}_{args.distill}.png", x="steps")
+            plot([r for r in rows if r["m"] == m],
+                 f"{base}_m{m}_{args.distill}{_modes_suffix(args)}.png", x="steps")
     else:
         same = [r for r in result["points"] if (r["distill"], r["steps"], r.get(
-            "schedule", "cosine")) == (args.distill, steps[0], "cosine")]
+            "schedule", "cosine"), r.get("read_modes", DEFAULT_MODES)) == (
+                args.distill, steps[0], "cosine", args.read_modes)]
         if len(same) > 1:
             plot(same, f"{base}_{args.distill}.png")
     print(json.dumps(result, indent=1))

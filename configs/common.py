@@ -102,7 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.encode = "cached"  # cached (node memories fixed per document) | full (the answer's
     # leaves re-encoded with gradients into the write tokens and encoder adapters)
     c.train.read_modes = ""  # memory,memory_kv: how the answer reads memories in training
-    # (batches take turns); "": h2mt.answer_from when it is a memory mode, else memory
+    # (batches take turns); "": h2mt.answer_from when it is a memory mode, else memory.
+    # h2mt_qa also takes "text": batches answered from the gold leaves' raw text, which keep
+    # the decoder adapters reading text while memory batches adapt them to memories
     c.train.distill = "none"  # none | kl | tokens: distillation from the text-reading teacher
     c.train.mem_tokens = 0  # h2mt_qa from a checkpoint: > 0 resizes its write tokens to this m
     # (memory.resize_write_tokens; for F1 against m, bench/mem_tokens_curve.py)

@@ -212,6 +212,42 @@ def test_a_resumed_run_reads_the_teachers_targets_instead_of_running_it_again(tm
             np.testing.assert_array_equal(a.teacher[name], b.teacher[name])
 
 
+def test_text_batches_train_the_decoder_on_the_gold_leaves_text(tmp_path):
+    # Given the tiny QA config whose batches take turns between memories and the gold text
+    from configs.memory_qa import get_config as qa_config
+    from h2mt_jax.backbone.lora import merge_lora
+    from h2mt_jax.errors import ConfigError
+    from h2mt_jax.train import h2mt_qa
+    from h2mt_jax.train.trainable import lora_scale
+
+    c = qa_config("tiny")
+    c.data.hotpotqa_records, c.data.train_docs, c.train.read_modes = 0, 1, "memory,text"
+    task = h2mt_qa.H2MTQATask(c, progress=False, workdir=str(tmp_path))
+    ex = task.examples(task.train_items)[0]
+    gold = ex.index.leaves_for_spans(ex.item.gold_spans)
+    prompt = task._gold_prompt(ex.item, ex.index, gold)
+    assert ex.text_ids[:len(prompt)] == prompt
+    answer = ex.text_ids[len(prompt):]
+    tr = task.init(jax.random.PRNGKey(0))
+    tr["lora"] = _nudge(tr["lora"], jax.random.PRNGKey(1))  # adapters that change the logits
+    row = h2mt_qa.pad_examples([ex], task.cfg)[0]
+    batch = jax.tree.map(lambda x: jnp.asarray(x)[None], row)
+    # When a batch is read as text (mode 1 = the second read mode)
+    _, text_m = task.loss(tr, task.frozen(), dict(batch, mode=jnp.array([1])))
+    _, mem_m = task.loss(tr, task.frozen(), dict(batch, mode=jnp.array([0])))
+    # Then its answer loss is the adapted decoder's NLL of the answer after the gold text
+    model = nnx.merge(task.lm.graphdef, merge_lora(task.lm.params, tr["lora"],
+                                                   lora_scale(c.train)))
+    logp = jax.nn.log_softmax(model.logits(model(model.embed(jnp.asarray([ex.text_ids])))[0][0]))
+    want = -np.mean([float(logp[len(prompt) - 1 + j, a]) for j, a in enumerate(answer)])
+    np.testing.assert_allclose(float(text_m["answer_loss"]), want, rtol=1e-4)
+    assert abs(float(text_m["answer_loss"]) - float(mem_m["answer_loss"])) > 1e-3
+    # and text alone, which trains no memory, is refused
+    c.train.read_modes = "text"
+    with pytest.raises(ConfigError, match="trains no memory"):
+        h2mt_qa.H2MTQATask(c, progress=False)
+
+
 def test_pretrain_loss_reads_one_mode_per_batch(lm):
     # Given a batch and its copy marked for the other reading
     c = get_config("tiny")

@@ -9,7 +9,11 @@ Loss = answer cross-entropy through the selected memories + `λ` × routing cros
   read in document order as at inference, as "memory" (`k·m` vectors in the slots of
   `prefix ‖ memories ‖ suffix ‖ answer`) or "memory_kv" (their write tokens' keys and values
   after the prefix; `memory_loss.read_hidden`); a batch's `mode` picks the reading. The loss
-  covers the answer tokens and the end-of-sequence token.
+  covers the answer tokens and the end-of-sequence token. A third reading, "text"
+  (`QA_READ_MODES`), answers from the gold leaves' raw text (`text_ids`, `text_labels`: the
+  template with that text, then the answer) through the same decoder adapters, with the
+  routing loss and no distillation: batches of it keep the adapters reading text while the
+  memory batches train them to read memories.
 - Distillation (`distill`): the teacher is the same backbone (with the decoder adapters it
   started from) answering from the gold leaves' raw text; its top-`K` log-probabilities at the
   gold answer's positions (`t_ids`, `t_logp`, computed when the examples are built) give
@@ -24,9 +28,10 @@ Loss = answer cross-entropy through the selected memories + `λ` × routing cros
 
 An example is a dict: `tree` (the fields of a padded `Tree`), `memories [N, m, d]`, `gold [N]`
 (gold leaves and their ancestors, padded ids), `q_ids [Tq]`, `q_len []`, `seq_ids [T]`,
-`pre_ids [P]` (the first tokens of `seq_ids`), `mem_start []`, `labels [T]` (-1: no loss), `mode []` (0 memory, 1 memory_kv; one value per
-batch), and with distillation `t_ids [T, K]`, `t_logp [T, K]` (per position of `seq_ids`) or
-`t_seq_ids [T]`, `t_labels [T]`. `h2mt_jax.train.h2mt_qa` builds them.
+`pre_ids [P]` (the first tokens of `seq_ids`), `mem_start []`, `labels [T]` (-1: no loss),
+`mode []` (an index into the task's read modes; one value per batch), with a "text" reading
+`text_ids [Tt]`, `text_labels [Tt]`, and with distillation `t_ids [T, K]`, `t_logp [T, K]` (per
+position of `seq_ids`) or `t_seq_ids [T]`, `t_labels [T]`. `h2mt_jax.train.h2mt_qa` builds them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from h2mt_jax.hierarchy.tree import Tree
 
 ANSWER_SLOTS = 64  # labelled positions the vocabulary projection runs on (answer + end token)
 GOLD_BONUS = 1e4  # added to gold leaves' scores when choosing the answer's leaves (teacher forcing)
+QA_READ_MODES = ("memory", "memory_kv", "text")  # how the QA loss's answer reads the leaves
 
 
 def route_loss(scores, tree: Tree, gold) -> jnp.ndarray:
@@ -103,7 +109,9 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
     _, sel = jax.lax.top_k(leaf_scores + GOLD_BONUS * gold_leaf, cfg.k)
     sel = jnp.sort(sel)  # document order, as at inference
     keys = values = None
-    if encode == "full" or mode == "memory_kv":
+    if mode == "text":
+        chosen = None
+    elif encode == "full" or mode == "memory_kv":
         encoder = nnx.merge(graphdef, encoder_params(base, params))
         chosen, keys, values = jax.checkpoint(lambda t, n: encode_write(encoder, params, t, n))(
             tree.leaf_tokens[sel], tree.leaf_lengths[sel])
@@ -116,8 +124,11 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
     def nll(seq, labels):
         """(mean NLL of the labels, log-probs `[A, V]` and labels `[A]` at the labelled
         positions): the vocabulary projection runs on at most `ANSWER_SLOTS` positions."""
-        hidden = _answer_hidden(answer_model, params, mode, seq, ex["pre_ids"], ex["mem_start"],
-                                n_mem, chosen, keys, values)
+        if mode == "text":
+            hidden = answer_model(answer_model.embed(seq[None]))[0][0]
+        else:
+            hidden = _answer_hidden(answer_model, params, mode, seq, ex["pre_ids"],
+                                    ex["mem_start"], n_mem, chosen, keys, values)
         a = min(ANSWER_SLOTS, labels.shape[0])
         (pos,) = jnp.nonzero(labels >= 0, size=a, fill_value=0)
         lab = jnp.where(jnp.arange(a) < jnp.sum(labels >= 0), labels[pos], -1)
@@ -127,10 +138,15 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
         total = -jnp.sum(jnp.where(lab >= 0, picked, 0.0))
         return total / jnp.maximum(count, 1), (logp, lab, pos)
 
-    answer, (logp, lab, pos) = nll(ex["seq_ids"], ex["labels"])
+    if mode == "text":
+        answer, _ = nll(ex["text_ids"], ex["text_labels"])
+    else:
+        answer, (logp, lab, pos) = nll(ex["seq_ids"], ex["labels"])
     loss = answer + route_weight * route
     metrics = {"answer_loss": answer, "route_loss": route}
-    if distill == "kl":
+    if distill != "none" and mode == "text":  # the teacher's targets sit on the memory sequence
+        metrics["distill_loss"] = jnp.zeros(())
+    elif distill == "kl":
         student = jnp.take_along_axis(logp, ex["t_ids"][pos], axis=-1)  # [A, K]
         t_logp = ex["t_logp"][pos]
         valid = lab >= 0

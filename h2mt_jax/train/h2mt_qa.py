@@ -30,8 +30,7 @@ from h2mt_jax.hierarchy.config import H2MTConfig, explicit_overrides
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.index import Index
 from h2mt_jax.errors import ConfigError
-from h2mt_jax.hierarchy.loss import batch_loss
-from h2mt_jax.hierarchy.memory_loss import READ_MODES
+from h2mt_jax.hierarchy.loss import QA_READ_MODES, batch_loss
 from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.io import FormatError, read_meta, write_meta
 from h2mt_jax.lm import backbone_from_config
@@ -59,6 +58,8 @@ class Example:
     labels: np.ndarray
     mem_start: int
     teacher: dict | None = None  # distillation targets (`teacher_targets`), by seq position
+    text_ids: list[int] | None = None  # read mode "text": the gold leaves' text prompt + answer
+    text_labels: np.ndarray | None = None
 
 
 DISTILL = ("none", "kl", "tokens")
@@ -108,6 +109,8 @@ def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
     q_len = bucket(max(len(e.q_ids) for e in examples))
     seq_len = bucket(max(len(e.seq_ids) for e in examples))
     pre_len = bucket(max(e.mem_start for e in examples))
+    with_text = all(e.text_ids is not None for e in examples)
+    text_len = bucket(max(len(e.text_ids) for e in examples)) if with_text else 0
     out = []
     for e in examples:
         spec = e.index.spec
@@ -128,6 +131,11 @@ def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
                "q_len": np.int32(len(e.q_ids)), "seq_ids": seq,
                "pre_ids": seq[:pre_len].copy(), "mem_start": np.int32(e.mem_start),
                "labels": labels, "mode": np.int32(0)}
+        if with_text:
+            row["text_ids"] = np.zeros(text_len, np.int32)
+            row["text_labels"] = np.full(text_len, -1, np.int32)
+            row["text_ids"][:len(e.text_ids)] = e.text_ids
+            row["text_labels"][:len(e.text_labels)] = e.text_labels
         t = e.teacher or {}
         if "t_ids" in t:
             row["t_ids"] = np.zeros((seq_len, t["t_ids"].shape[1]), np.int32)
@@ -169,12 +177,16 @@ class H2MTQATask(H2MTTrainable):
         if self.distill not in DISTILL:
             raise ConfigError(f"train.distill must be one of {', '.join(DISTILL)}, got "
                               f"{self.distill!r}")
-        default = self.cfg.answer_from if self.cfg.answer_from in READ_MODES else "memory"
+        memory_modes = ("memory", "memory_kv")
+        default = self.cfg.answer_from if self.cfg.answer_from in memory_modes else "memory"
         self.modes = tuple(m.strip() for m in str(t.get("read_modes", "") or default).split(",")
                            if m.strip())
-        if not self.modes or any(m not in READ_MODES for m in self.modes):
-            raise ConfigError(f"train.read_modes must name some of {', '.join(READ_MODES)}, got "
-                              f"{t.get('read_modes')!r}")
+        if not self.modes or any(m not in QA_READ_MODES for m in self.modes):
+            raise ConfigError(f"train.read_modes must name some of {', '.join(QA_READ_MODES)}, "
+                              f"got {t.get('read_modes')!r}")
+        if self.modes == ("text",):
+            raise ConfigError("train.read_modes='text' alone trains no memory: add memory "
+                              "and/or memory_kv (text batches only keep the adapters reading text)")
 
     # -- data ------------------------------------------------------------------------------------
     def _index_cache(self) -> str | None:
@@ -242,8 +254,14 @@ class H2MTQATask(H2MTTrainable):
                 t_labels = np.full(len(t_seq), -1, np.int32)
                 t_labels[start - 1:len(t_seq) - 1] = t_seq[start:]
                 teacher.update(t_seq=t_seq, t_labels=t_labels)
+            text_ids = text_labels = None
+            if "text" in self.modes:  # the gold leaves' text, then the answer
+                prompt = self._gold_prompt(it, index, gold)
+                text_ids = prompt + ans
+                text_labels = np.full(len(text_ids), -1, np.int32)
+                text_labels[len(prompt) - 1:len(text_ids) - 1] = ans
             out.append(Example(it, index, nodes, tok(it.question, add_special_tokens=False)[
-                "input_ids"], seq, labels, len(pre), teacher))
+                "input_ids"], seq, labels, len(pre), teacher, text_ids, text_labels))
         if not out:
             raise ValueError(f"none of the {len(items)} training items has gold evidence and at "
                              f"least k={k} leaves")
@@ -279,13 +297,17 @@ class H2MTQATask(H2MTTrainable):
         included) reading the gold leaves' raw text (`teacher_targets`)."""
         if self.distill == "none":
             return None
-        ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(gold))
-        prompt = prompts.prompt_ids(self.lm.tokenizer, self.settings.template(it.dataset), ctx,
-                                    it.question)
+        prompt = self._gold_prompt(it, index, gold)
         t = self.config.train
         return teacher_targets(self.h2mt.answer_lm, prompt, answer, start, seq_len,
                                self.distill, int(t.get("distill_topk", 32)),
                                max_new_tokens=max(len(answer) + 8, 16))
+
+    def _gold_prompt(self, it: QAItem, index: Index, gold: list[int]) -> list[int]:
+        """The task's prompt ids with the gold leaves' raw text (document order) as context."""
+        ctx = "\n\n".join(index.text[slice(*index.spec.leaf_spans[i])] for i in sorted(gold))
+        return prompts.prompt_ids(self.lm.tokenizer, self.settings.template(it.dataset), ctx,
+                                  it.question)
 
     def dataset(self) -> grain.MapDataset:
         t = self.config.train
