@@ -184,7 +184,7 @@ class H2MTQATask(H2MTTrainable):
         if not self.modes or any(m not in QA_READ_MODES for m in self.modes):
             raise ConfigError(f"train.read_modes must name some of {', '.join(QA_READ_MODES)}, "
                               f"got {t.get('read_modes')!r}")
-        if self.modes == ("text",):
+        if set(self.modes) == {"text"}:
             raise ConfigError("train.read_modes='text' alone trains no memory: add memory "
                               "and/or memory_kv (text batches only keep the adapters reading text)")
 
