@@ -120,15 +120,15 @@ def main():
     def attention(index, leaf, window):
         key = (index.doc_id, leaf, tuple(window))
         if key not in cached:
-            ids = list(preamble) + list(index.spec.leaf_tokens[leaf]) + list(window)
+            leaf_ids = list(index.spec.leaf_tokens[leaf])
+            p, n = len(preamble), len(leaf_ids)
+            ids = list(preamble) + leaf_ids + list(window)
             if len(ids) > width:
                 raise SystemExit(f"window of {len(window)} tokens too long for the probe")
             arr = np.zeros(width, np.int32)
             arr[:len(ids)] = ids
-            a = window_attention(alm.graphdef, alm.params, jnp.asarray(arr), len(preamble),
-                                 len(index.spec.leaf_tokens[leaf]), len(window))
-            cached[key] = np.asarray(a)[:, :, len(preamble):len(preamble) + len(
-                index.spec.leaf_tokens[leaf])]
+            a = window_attention(alm.graphdef, alm.params, jnp.asarray(arr), p, n, len(window))
+            cached[key] = np.asarray(a)[:, :, p:p + n]
         return cached[key]
 
     def select(index, leaf, s, strategy, window):
