@@ -9,7 +9,10 @@ lays out write tokens, and the answer is generated from them:
   it?"), attend to most (attention summed over those queries and the grouped query heads, then
   max-pooled over 5 neighbouring tokens so that spans stay together) — computable offline;
 - `question`: the same with the *real* question's closing tokens: needs the question, so it is
-  not a memory an index could store; it bounds what any selection of `s` rows could do.
+  not a memory an index could store; it bounds what any selection of `s` rows could do;
+- `mean`: not a selection: the leaf cut into `s` runs of consecutive rows, each run replaced by
+  the mean of its keys (before RoPE) and of its values (mean pooling, as in arXiv 2510.20797,
+  but on the KV cache and untrained).
 `s` = the leaf's length keeps every row (`leaf_kv`). A leaf shorter than `s` keeps all its rows.
 
     python bench/kv_select_ceiling.py [--budgets 16,32,64] \
@@ -28,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-STRATEGIES = ("stride", "probe", "question")
+STRATEGIES = ("stride", "probe", "question", "mean")
 PROBE_QUESTION = "What is it?"
 
 
@@ -139,6 +142,10 @@ def main():
         if strategy == "stride":
             idx = np.linspace(0, t - 1, s).round().astype(int)
             return k[:, idx], v[:, idx]
+        if strategy == "mean":
+            runs = np.array_split(np.arange(t), s)
+            pool = lambda x: np.stack([x[:, r].mean(1) for r in runs], 1)  # noqa: E731
+            return pool(k), pool(v)
         score = max_pool(attention(index, leaf, window), args.pool)  # [L, kh, t]
         idx = np.sort(np.argsort(-score, axis=-1, kind="stable")[..., :s], -1)[..., None]
         def pick(x):  # [L, t, kh, dh] -> [L, s, kh, dh]: each (layer, head) its own rows

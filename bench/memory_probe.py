@@ -42,8 +42,12 @@ def documents(source: str, data) -> list[tuple]:
     raise SystemExit(f"unknown source {source!r} (wikitext, manuals)")
 
 
-def probe(checkpoint: str, source: str, n_batches: int, lm) -> dict:
-    """Mean NLL per (reading, objective) with own / other / empty memories."""
+def probe(checkpoint: str, source: str, n_batches: int, lm, docs=None, modes=None,
+          pool: str = "", trainable: str = "") -> dict:
+    """Mean NLL per (reading, objective) with own / other / empty memories, on the held-out
+    documents of `source` (or on `docs`, (doc_id, text, outline) tuples); `modes`: the readings
+    probed (default both); `pool`: the memories' `mem_pool` (default the checkpoint's);
+    `trainable` "memory": read with the frozen backbone, not the checkpoint's decoder adapters."""
     import jax
     import numpy as np
 
@@ -53,7 +57,11 @@ def probe(checkpoint: str, source: str, n_batches: int, lm) -> dict:
 
     c = get_config()
     c.checkpoint, c.data.sources = checkpoint, "wikitext"
-    docs = documents(source, c.data)
+    if modes:
+        c.train.read_modes = modes
+    c.train.mem_pool = pool
+    c.train.trainable = trainable or c.train.trainable
+    docs = docs if docs is not None else documents(source, c.data)
     task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, docs))
     trainable = task.init(jax.random.PRNGKey(0))
     batches = task.examples(docs, 1)[:n_batches]

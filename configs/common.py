@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.title_tokens = 16  # section title (heading path) tokens per leaf
     c.h2mt.title_position = "prefix"  # prefix | suffix: the path before or after the leaf text
     c.h2mt.mem_tokens = 1  # m
+    c.h2mt.mem_pool = "write"  # write | mean: m write tokens, or m averaged runs of the leaf
     c.h2mt.recall_dim = 256  # d_h of the routing projections
     c.h2mt.leaf_mode = "independent"  # independent | hmt
     c.h2mt.aggregator = "backbone"  # backbone | attention | mean
@@ -107,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     # the decoder adapters reading text while memory batches adapt them to memories
     c.train.distill = "none"  # none | kl | tokens: distillation from the text-reading teacher
     c.train.mem_tokens = 0  # h2mt_qa from a checkpoint: > 0 resizes its write tokens to this m
+    c.train.mem_pool = ""  # from a checkpoint: "write" | "mean" replaces its h2mt.mem_pool
     # (memory.resize_write_tokens; for F1 against m, bench/mem_tokens_curve.py)
     c.train.distill_weight = 1.0  # β
     c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position

@@ -230,8 +230,8 @@ def test_long_document_streams_leaves_in_bounded_batches(h2mt, monkeypatch):
     text = "\n\n".join(para.format(i=i, j=i % 97) for i in range(520))
     calls = []
     encode = memory._encode_leaves
-    monkeypatch.setattr(memory, "_encode_leaves", lambda g, b, p, tokens, lengths: (
-        calls.append(tuple(tokens.shape)) or encode(g, b, p, tokens, lengths)))
+    monkeypatch.setattr(memory, "_encode_leaves", lambda g, b, p, tokens, lengths, **kw: (
+        calls.append(tuple(tokens.shape)) or encode(g, b, p, tokens, lengths, **kw)))
     idx = h2mt.build(text, fmt="plain")
     # Then the encoder saw every leaf, in batches of at most `leaf_batch` rows no wider than a
     # leaf, so its activations are bounded whatever the document's length

@@ -23,7 +23,7 @@ from h2mt_jax.hierarchy.build import BuildConfig
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.loss import _answer_hidden
-from h2mt_jax.hierarchy.memory import encoder_params
+from h2mt_jax.hierarchy.memory import encoder_params, leaf_pass, pool_weights
 from h2mt_jax.hierarchy.memory_loss import encode_write, pretrain_loss
 from h2mt_jax.train.h2mt_qa import teacher_targets
 from h2mt_jax.train.memory_lm import CUES, PRE, MemoryLMTask, wikitext_articles
@@ -73,9 +73,12 @@ def test_encoder_adapters_change_memories_and_leave_leaf_kv_to_the_reader(lm, ad
     np.testing.assert_allclose(a.kv.gather([0, 1])[0], b.kv.gather([0, 1])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("pool", ["write", "mean"])
 @pytest.mark.parametrize("mode", ["memory", "memory_kv"])
-def test_training_reading_matches_the_inference_reading(lm, adapted, mode):
-    # Given an index and a question over two of its leaves
+def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool):
+    # Given an index (memories from write tokens or mean-pooled runs) and a question over two
+    # of its leaves
+    adapted = adapted.with_config(mem_pool=pool)
     index = adapted.build(generate_manual(2, chapters=1).text)
     leaves = [0, 2]
     tok = lm.tokenizer
@@ -102,7 +105,8 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode):
     for r, i in enumerate(leaves):
         ids = index.spec.leaf_tokens[i]
         toks[r, :len(ids)], lens[r] = ids, len(ids)
-    mem, keys, values = encode_write(enc, adapted.params, jnp.asarray(toks), jnp.asarray(lens))
+    mem, keys, values = encode_write(enc, adapted.params, jnp.asarray(toks), jnp.asarray(lens),
+                                     pool)
     seq = np.asarray(pre + [0] * (2 * m) + post, np.int32)
     reader = nnx.merge(lm.graphdef, merge_lora(lm.params, adapted.lora, adapted.lora_scale))
     hidden = _answer_hidden(reader, adapted.params, mode, jnp.asarray(seq),
@@ -111,6 +115,46 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode):
     got = np.asarray(reader.logits(hidden))[len(seq) - 1]
     # Then both give the same next-token logits
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_pool_weights_cover_each_leaf_once_in_m_runs():
+    # Given leaves of 10, 3 (shorter than m) and 0 tokens, padded to 12, and m = 4 runs
+    w = np.asarray(pool_weights(jnp.asarray([10, 3, 0]), 12, 4))
+    # Then every run averages consecutive real tokens (weights sum to 1, never on padding),
+    # and together the runs of a leaf at least m long cover each of its tokens exactly once
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    assert (w[0, :, 10:] == 0).all() and (w[1, :, 3:] == 0).all() and (w[2, :, 1:] == 0).all()
+    np.testing.assert_array_equal((w[0] > 0).sum(0)[:10], 1)
+    assert [np.flatnonzero(r).tolist() for r in w[0]] == [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9]]
+    assert [np.flatnonzero(r).tolist() for r in w[1]] == [[0], [0], [1], [2]]
+
+
+def test_mean_pooled_memories_average_the_leaf_pass(lm, adapted):
+    # Given two leaves through the encoder, pooled into m = 3 runs
+    enc = nnx.merge(lm.graphdef, encoder_params(lm.params, adapted.params))
+    toks = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (2, 16), 5, 200), np.int32)
+    lens = np.asarray([16, 7], np.int32)
+    mem, keys, values, leaf_k, leaf_v = leaf_pass(enc, adapted.params, jnp.asarray(toks),
+                                                  jnp.asarray(lens), "mean")
+    # Then each memory is the mean of its run's final hidden states, and its keys (before
+    # RoPE) and values the means of the run's own keys and values, in every layer
+    h = np.asarray(enc(enc.embed(jnp.asarray(toks)))[0])
+    runs = [[(0, 5), (5, 10), (10, 16)], [(0, 2), (2, 4), (4, 7)]]
+    for b in range(2):
+        for j, (a, e) in enumerate(runs[b]):
+            np.testing.assert_allclose(mem[b, j], h[b, a:e].mean(0), atol=1e-5)
+            np.testing.assert_allclose(keys[:, b, j], np.asarray(leaf_k)[:, b, a:e].mean(1),
+                                       atol=1e-5)
+            np.testing.assert_allclose(values[:, b, j], np.asarray(leaf_v)[:, b, a:e].mean(1),
+                                       atol=1e-5)
+    # and the write-token pass gives the leaf tokens the same keys (padding and write tokens
+    # come after them), with memories of its own
+    w_mem, _, _, w_k, _ = leaf_pass(enc, adapted.params, jnp.asarray(toks), jnp.asarray(lens),
+                                    "write")
+    np.testing.assert_allclose(np.asarray(w_k)[:, 0], np.asarray(leaf_k)[:, 0], atol=1e-5)
+    assert not np.allclose(w_mem, mem, atol=1e-3)
+    with pytest.raises(ValueError, match="mem_pool"):
+        H2MTConfig(mem_pool="max")
 
 
 def test_reconstruction_loss_falls_on_a_tiny_run(smollm2_tokenizer):

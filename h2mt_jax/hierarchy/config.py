@@ -9,6 +9,7 @@ from h2mt_jax.hmt.config import HMTConfig
 
 LEAF_MODES = ("independent", "hmt")
 AGGREGATORS = ("backbone", "attention", "mean")
+MEM_POOLS = ("write", "mean")  # how a leaf's memories are made (memory.leaf_pass)
 ROUTES = ("beam", "flat", "oracle")
 ANSWER_MODES = ("memory", "memory_kv", "leaf_kv", "text")
 KV_STORES = ("none", "bfloat16", "int8", "float32")
@@ -77,12 +78,15 @@ class H2MTConfig:
     the answer's slots after the first hop's best: the second hop's ("second") or both hops'
     by their summed scores ("sum"). distinct_sections: the answer's slots after the best leaf
     go first to leaves of sections (heading paths) not yet read (`hops.pick_leaves`).
+    mem_pool: how a leaf's `m` memories are made (`memory.leaf_pass`): "write" (`m` learned
+    write tokens after the leaf) or "mean" (the leaf's tokens in `m` runs, each averaged).
     enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
     backbone for the leaf and parent passes only; 0: the memory passes run the frozen backbone);
     the answer pass's (decoder) adapters are `H2MT.lora`."""
 
     build: BuildConfig = BuildConfig()
     mem_tokens: int = 1
+    mem_pool: str = "write"
     recall_dim: int = 256
     leaf_mode: str = "independent"
     aggregator: str = "backbone"
@@ -115,6 +119,7 @@ class H2MTConfig:
 
     def __post_init__(self):
         for name, value, allowed in (("leaf_mode", self.leaf_mode, LEAF_MODES),
+                                     ("mem_pool", self.mem_pool, MEM_POOLS),
                                      ("aggregator", self.aggregator, AGGREGATORS),
                                      ("route", self.route, ROUTES),
                                      ("answer_from", self.answer_from, ANSWER_MODES),

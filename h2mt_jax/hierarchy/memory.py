@@ -1,7 +1,11 @@
 """Node memories: leaves through learnable write tokens, parents by a bottom-up level sweep.
 
-- `leaf_memories`: `mem(leaf) = f([E(leaf tokens) ‖ M_w])` at the `m` write positions, which sit
-  right after each leaf's last real token (padding after them is never attended to).
+- `leaf_memories`: with `mem_pool="write"`, `mem(leaf) = f([E(leaf tokens) ‖ M_w])` at the `m`
+  write positions, which sit right after each leaf's last real token (padding after them is never
+  attended to); with `mem_pool="mean"`, the leaf alone runs through `f` and its tokens are cut
+  into `m` runs of consecutive tokens, each run's hidden states (and per-layer keys and values)
+  averaged into one memory (mean pooling, arXiv 2510.20797): a memory carries its run's tokens
+  from the first step, where a write token has to learn to gather them.
 - `sweep`: for height h = 1..H, every node of that height is computed in one batched call from
   its children's memories (`jax.lax.scan` over heights; a parent never runs before its
   children). Aggregators: `backbone` (`f([child memories ‖ M_a])` at `m` write positions),
@@ -20,7 +24,7 @@ from flax import nnx
 
 from h2mt_jax.backbone.lora import init_lora, merge_lora
 from h2mt_jax.generation.kv_prompt import unrope
-from h2mt_jax.hierarchy.config import H2MTConfig
+from h2mt_jax.hierarchy.config import MEM_POOLS, H2MTConfig
 from h2mt_jax.hierarchy.tree import Tree
 from h2mt_jax.hmt.cell import init_params as init_hmt_params
 from h2mt_jax.hmt.cell import run_segments
@@ -114,24 +118,67 @@ def encode_with_write_tokens(model, x, n, write):
     return _read_write_tokens(h, n, write.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode_leaves(graphdef, bparams, params, tokens, lengths):
-    model = nnx.merge(graphdef, encoder_params(bparams, params))
-    return encode_with_write_tokens(model, model.embed(tokens), lengths, params["leaf_write"])
+def pool_weights(lengths: Int[Array, "b"], t: int, m: int) -> Float[Array, "b m t"]:
+    """Mean-pooling weights: run `j` of a leaf of `n` tokens covers tokens
+    `[j n // m, max((j + 1) n // m, j n // m + 1))`, so every run holds at least one token (a
+    leaf shorter than `m` repeats tokens) and padding (`>= n`) is never pooled."""
+    n = jnp.maximum(lengths.astype(jnp.int32), 1)[:, None]  # [b, 1]
+    j = jnp.arange(m, dtype=jnp.int32)[None]  # [1, m]
+    start = j * n // m
+    end = jnp.maximum((j + 1) * n // m, start + 1)
+    i = jnp.arange(t, dtype=jnp.int32)[None, None]
+    inside = (i >= start[..., None]) & (i < end[..., None])
+    return inside.astype(jnp.float32) / (end - start)[..., None].astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths):
-    """`_encode_leaves` plus every layer's keys (before RoPE) and values of the same pass:
-    `[layers, b, t + m, kv_heads, head_dim]` each, float32."""
-    model = nnx.merge(graphdef, encoder_params(bparams, params))
-    x = with_write_tokens(model.embed(tokens), lengths, params["leaf_write"])
+def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int[Array, "b"],
+              pool: str = "write"):
+    """The encoder pass over leaves (`model`: the backbone with the encoder adapters merged) ->
+    (memories `[b, m, d]`, their keys before RoPE and values `[layers, b, m, kv_heads,
+    head_dim]`, the leaf tokens' own keys and values `[layers, b, t, kv_heads, head_dim]`), all
+    float32. `pool` (`MEM_POOLS`): "write" reads the `m` write tokens placed after each leaf's
+    `lengths[b]` tokens; "mean" averages `m` runs of the leaf's own tokens (`pool_weights`)."""
+    if pool not in MEM_POOLS:
+        raise ValueError(f"mem_pool must be one of {MEM_POOLS}, got {pool!r}")
+    write = params["leaf_write"]
+    m = write.shape[0]
+    b, t = tokens.shape
+    x = model.embed(tokens)
+    if pool == "write":
+        x = with_write_tokens(x, lengths, write)
     h, kvs = model(x)
-    mem = _read_write_tokens(h, lengths, params["leaf_write"].shape[0])
     positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
     keys = jnp.stack([unrope(k, positions, model.cfg) for k, _ in kvs]).astype(jnp.float32)
     values = jnp.stack([v for _, v in kvs]).astype(jnp.float32)
-    return mem, keys, values
+    if pool == "write":
+        idx = lengths[:, None] + jnp.arange(m, dtype=jnp.int32)[None]  # [b, m]
+        mem = jnp.take_along_axis(h, idx[..., None], axis=1)
+        gather = idx[None, :, :, None, None]
+        mem_k = jnp.take_along_axis(keys, gather, axis=2)
+        mem_v = jnp.take_along_axis(values, gather, axis=2)
+    else:
+        w = pool_weights(lengths, t, m)
+        mem = jnp.einsum("bmt,btd->bmd", w, h.astype(jnp.float32))
+        mem_k = jnp.einsum("bmt,lbtkd->lbmkd", w, keys)
+        mem_v = jnp.einsum("bmt,lbtkd->lbmkd", w, values)
+    return (mem.astype(jnp.float32), mem_k, mem_v, keys[:, :, :t], values[:, :, :t])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
+def _encode_leaves(graphdef, bparams, params, tokens, lengths, pool="write"):
+    model = nnx.merge(graphdef, encoder_params(bparams, params))
+    if pool == "write":
+        return encode_with_write_tokens(model, model.embed(tokens), lengths,
+                                        params["leaf_write"])
+    return leaf_pass(model, params, tokens, lengths, pool)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
+def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths, pool="write"):
+    """`_encode_leaves` plus the same pass's keys (before RoPE) and values, float32: the
+    memories' `[layers, b, m, kv_heads, head_dim]` and the leaf tokens' `[layers, b, t, ...]`."""
+    model = nnx.merge(graphdef, encoder_params(bparams, params))
+    return leaf_pass(model, params, tokens, lengths, pool)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -161,7 +208,8 @@ def _encode_leaves_hmt(graphdef, bparams, hmt_params, tokens, lengths, hmt_cfg):
 class LeafPassKV:
     """Keys (before RoPE) and values of the leaf pass, per leaf, as float32 host arrays
     `[layers, tokens, kv_heads, head_dim]`: the leaf's own tokens (`leaf_k`, `leaf_v`) and its
-    `m` write tokens (`write_k`, `write_v`)."""
+    `m` memories (`write_k`, `write_v`: the write tokens', or the pooled runs' with
+    `mem_pool="mean"`)."""
 
     leaf_k: list[np.ndarray]
     leaf_v: list[np.ndarray]
@@ -196,7 +244,6 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
     # Leaves go longest first into batches whose sizes come from `leaf_batch_sizes` (powers of
     # two, little padding: 17 leaves run as 16 + 1, not as 32), each batch padded to the bucket
     # of its longest leaf; the compiled programs are shared by every document.
-    m = params["leaf_write"].shape[0]
     if n == 0:
         empty = np.zeros((0,) + tuple(params["leaf_write"].shape), np.float32)
         return (empty, LeafPassKV([], [], [], [])) if with_kv else empty
@@ -215,10 +262,10 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
             t = np.concatenate([t, np.zeros((pad, width), t.dtype)])
             ln = np.concatenate([ln, np.zeros((pad,), ln.dtype)])
         if with_kv:
-            res, keys, values = _encode_leaves_kv(graphdef, bparams, params, jnp.asarray(t),
-                                                  jnp.asarray(ln))
+            res, keys, values, lk, lv = _encode_leaves_kv(
+                graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln), pool=cfg.mem_pool)
             keys, values = np.asarray(keys), np.asarray(values)
-            lk, lv = keys, values
+            lk, lv = np.asarray(lk), np.asarray(lv)
             if kv_params is not None or len(kv_prefix):
                 lk, lv = _leaf_token_kv(graphdef, bparams if kv_params is None else kv_params,
                                         jnp.asarray(t), jnp.asarray(kv_prefix, jnp.int32))
@@ -226,9 +273,10 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
             for r, j in enumerate(sel):
                 a = int(lengths[j])
                 kv.leaf_k[j], kv.leaf_v[j] = lk[:, r, :a], lv[:, r, :a]
-                kv.write_k[j], kv.write_v[j] = keys[:, r, a:a + m], values[:, r, a:a + m]
+                kv.write_k[j], kv.write_v[j] = keys[:, r], values[:, r]
         else:
-            res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln))
+            res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln),
+                                 pool=cfg.mem_pool)
         outs.append(np.asarray(res)[:lb - pad])
     out = np.empty((n,) + outs[0].shape[1:], np.float32)
     out[order] = np.concatenate(outs, axis=0)

@@ -27,28 +27,20 @@ from flax import nnx
 
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.generation.decode import prefill_cache
-from h2mt_jax.generation.kv_prompt import unrope, write_segment
-from h2mt_jax.hierarchy.memory import with_write_tokens, encoder_params, read_memories
+from h2mt_jax.generation.kv_prompt import write_segment
+from h2mt_jax.hierarchy.memory import encoder_params, leaf_pass, read_memories
 from h2mt_jax.hmt.loss import token_nll
 from h2mt_jax.typing import Array, Float, Int
 
 READ_MODES = ("memory", "memory_kv")
 
 
-def encode_write(model, params, tokens: Int[Array, "b t"], lengths: Int[Array, "b"]):
-    """The encoder pass over leaves with the write tokens after their `lengths[b]` tokens:
-    memories `[b, m, d]` and the write tokens' keys (before RoPE) and values
+def encode_write(model, params, tokens: Int[Array, "b t"], lengths: Int[Array, "b"],
+                 pool: str = "write"):
+    """The encoder pass over leaves (`memory.leaf_pass`, `pool` = `H2MTConfig.mem_pool`):
+    memories `[b, m, d]` and their keys (before RoPE) and values
     `[layers, b, m, kv_heads, head_dim]`, float32."""
-    write = params["leaf_write"]
-    m = write.shape[0]
-    h, kvs = model(with_write_tokens(model.embed(tokens), lengths, write))
-    idx = lengths[:, None] + jnp.arange(m, dtype=jnp.int32)[None]  # [b, m]
-    take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)),  # noqa
-                                         axis=1)
-    mem = take(h).astype(jnp.float32)
-    keys = jnp.stack([unrope(take(k), idx, model.cfg) for k, _ in kvs]).astype(jnp.float32)
-    values = jnp.stack([take(v) for _, v in kvs]).astype(jnp.float32)
-    return mem, keys, values
+    return leaf_pass(model, params, tokens, lengths, pool)[:3]
 
 
 def read_hidden(model, params, mode: str, pre: Int[Array, "b p"], mem: Float[Array, "b n d"],
@@ -95,12 +87,12 @@ def models(trainable: dict, backbone_params, graphdef, lora_scale: float):
 
 
 def pretrain_loss(trainable: dict, backbone_params, graphdef, batch: dict, *,
-                  lora_scale: float):
+                  lora_scale: float, pool: str = "write"):
     """(mean NLL per labelled token, metrics) of a pretraining batch; the batch's `mode[0]`
-    picks the reading (`jax.lax.cond`: one reader pass per step)."""
+    picks the reading (`jax.lax.cond`: one reader pass per step); `pool`: `H2MTConfig.mem_pool`."""
     params = trainable["h2mt"]
     encoder, reader = models(trainable, backbone_params, graphdef, lora_scale)
-    mem, keys, values = encode_write(encoder, params, batch["leaf"], batch["leaf_len"])
+    mem, keys, values = encode_write(encoder, params, batch["leaf"], batch["leaf_len"], pool)
     post = reader.embed(batch["post"])
 
     def nll(mode):

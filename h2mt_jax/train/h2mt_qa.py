@@ -162,6 +162,8 @@ class H2MTQATask(H2MTTrainable):
                 **explicit_overrides(config.h2mt))
             if config.train.get("mem_tokens", 0):  # F1 against m from one checkpoint
                 self.h2mt = self.h2mt.with_mem_tokens(int(config.train.mem_tokens))
+            if config.train.get("mem_pool", ""):  # the same encoder, pooled another way
+                self.h2mt = self.h2mt.with_config(mem_pool=str(config.train.mem_pool))
         else:
             self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
                                     seed=config.seed)

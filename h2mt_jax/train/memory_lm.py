@@ -90,6 +90,8 @@ class MemoryLMTask(H2MTTrainable):
         self.lm = lm or backbone_from_config(config)
         if config.checkpoint:
             self.h2mt = H2MT.load(config.checkpoint, self.lm)
+            if config.train.get("mem_pool", ""):  # the same encoder, pooled another way
+                self.h2mt = self.h2mt.with_config(mem_pool=str(config.train.mem_pool))
         else:
             self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
                                     seed=config.seed)
@@ -168,7 +170,7 @@ class MemoryLMTask(H2MTTrainable):
     # -- model ------------------------------------------------------------------------------------
     def loss(self, trainable, frozen, batch):
         return pretrain_loss(trainable, frozen, self.lm.graphdef, batch,
-                             lora_scale=lora_scale(self.config.train))
+                             lora_scale=lora_scale(self.config.train), pool=self.cfg.mem_pool)
 
     def evaluate(self, trainable, items=None) -> dict:
         """Mean NLL per target token of the held-out leaves for every (reading, objective):
