@@ -128,7 +128,10 @@ def main():
     for s in [int(x) for x in args.steps.split(",") if x.strip()]:
         c.train.steps = s
         t0 = time.perf_counter()
-        train_and_evaluate(c, args.runs, progress=True)
+        res = train_and_evaluate(c, args.runs, progress=True)
+        if "preempted_at" in res:  # SIGTERM: the run saved its state; rerun to resume
+            raise SystemExit(f"stopped at step {res['preempted_at']} (SIGTERM); rerun the same "
+                             "command to resume")
         point(s, os.path.join(args.runs, "model"), time.perf_counter() - t0)
     print(json.dumps(result, indent=1))
 
