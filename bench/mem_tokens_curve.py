@@ -55,6 +55,20 @@ def _modes_suffix(args) -> str:
     return "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
 
 
+def _at_m(checkpoint: str, m: int, directory: str) -> str:
+    """`checkpoint` itself when it makes `m` memories per leaf, else a copy saved in
+    `directory` with `m` (`H2MT.with_mem_tokens`: resized write tokens, or `m` pooled runs)."""
+    import h2mt_jax
+    from h2mt_jax.hierarchy.h2mt import H2MT
+
+    h2mt = H2MT.load(checkpoint, h2mt_jax.load_lm("smollm2-135m-instruct"))
+    if h2mt.config.mem_tokens == m:
+        return checkpoint
+    if not os.path.isfile(os.path.join(directory, "h2mt.json")):
+        h2mt.with_mem_tokens(m).save(directory)
+    return directory
+
+
 def point(m: int, steps: int, args, curve: bool = False) -> dict:
     """Trains (unless done) and scores one point; returns its row. `curve`: the run is shared by
     every step count of this `m` (constant learning rate; resumed from the last count's
@@ -73,8 +87,8 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
             return json.load(f)
     log = os.path.join(work, "log.txt")
     t0 = time.perf_counter()
-    if curve and steps == 0:  # the starting checkpoint itself
-        model = args.checkpoint
+    if curve and steps == 0:  # the starting checkpoint itself, with m memories per leaf
+        model = _at_m(args.checkpoint, m, model)
     elif not os.path.isfile(os.path.join(model, "h2mt.json")):
         cmd = [sys.executable, "train.py", "--config=configs/memory_qa.py",
                f"--config.checkpoint={args.checkpoint}", f"--config.train.mem_tokens={m}",

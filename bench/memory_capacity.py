@@ -102,7 +102,8 @@ def main():
     if os.path.exists(args.out):
         with open(args.out) as f:
             result = json.load(f)
-    run = {"args": vars(args), "label": f"{args.mem_pool} pool, {args.trainable}",
+    decoder = "frozen decoder" if args.trainable == "memory" else "adapted decoder"
+    run = {"args": vars(args), "label": f"{args.mem_pool} pool, {decoder}",
            "points": []}
     result["runs"].append(run)
 
