@@ -142,7 +142,7 @@ def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int
         raise ValueError(f"mem_pool must be one of {MEM_POOLS}, got {pool!r}")
     write = params["leaf_write"]
     m = write.shape[0]
-    b, t = tokens.shape
+    t = tokens.shape[1]
     x = model.embed(tokens)
     if pool == "write":
         x = with_write_tokens(x, lengths, write)
