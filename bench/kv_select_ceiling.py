@@ -12,7 +12,11 @@ lays out write tokens, and the answer is generated from them:
   not a memory an index could store; it bounds what any selection of `s` rows could do;
 - `mean`: not a selection: the leaf cut into `s` runs of consecutive rows, each run replaced by
   the mean of its keys (before RoPE) and of its values (mean pooling, as in arXiv 2510.20797,
-  but on the KV cache and untrained).
+  but on the KV cache and untrained);
+- `surprisal`: the rows of the tokens the answer backbone finds least predictable in the leaf
+  (NLL of each token after the chat preamble and the leaf's earlier tokens, max-pooled over
+  `--pool` neighbours; LLMLingua's self-information criterion, applied to KV rows): names and
+  numbers rather than boilerplate; question-agnostic, so an index could store it.
 `s` = the leaf's length keeps every row (`leaf_kv`). A leaf shorter than `s` keeps all its rows.
 
     python bench/kv_select_ceiling.py [--budgets 16,32,64] \
@@ -31,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-STRATEGIES = ("stride", "probe", "question", "mean")
+STRATEGIES = ("stride", "probe", "question", "mean", "surprisal")
 PROBE_QUESTION = "What is it?"
 
 
@@ -68,6 +72,23 @@ def window_attention_fn():
         return jnp.stack(out)
 
     return window_attention
+
+
+def token_nll_fn():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @functools.partial(jax.jit, static_argnames=("graphdef",))
+    def token_nll(graphdef, params, ids):
+        """NLL of `ids[i + 1]` after `ids[:i + 1]`, for every i: `[T]`."""
+        model = nnx.merge(graphdef, params)
+        logp = jax.nn.log_softmax(model.logits(model(model.embed(ids[None]))[0])[0]
+                                  .astype(jnp.float32), -1)
+        nxt = jnp.concatenate([ids[1:], ids[:1]])
+        return -jnp.take_along_axis(logp, nxt[:, None], -1)[:, 0]
+
+    return token_nll
 
 
 def max_pool(x, width: int):
@@ -116,6 +137,7 @@ def main():
             indexes[it.doc_id] = h2mt.build(it.context, fmt="markdown", kv_store="float32",
                                              doc_id=it.doc_id)
     window_attention = window_attention_fn()
+    token_nll = token_nll_fn()
     _, probe_post = prompts.split_prompt(tok, template, PROBE_QUESTION)
     width = h2mt.config.build.leaf_len + len(preamble) + 64
     cached = {}
@@ -141,6 +163,21 @@ def main():
             return k, v
         if strategy == "stride":
             idx = np.linspace(0, t - 1, s).round().astype(int)
+            return k[:, idx], v[:, idx]
+        if strategy == "surprisal":
+            key = (index.doc_id, leaf, "nll")
+            if key not in cached:
+                leaf_ids = list(index.spec.leaf_tokens[leaf])
+                p, n = len(preamble), len(leaf_ids)
+                if not p:
+                    raise SystemExit("surprisal scores a leaf's first token after the chat "
+                                     "preamble: use a checkpoint with kv_prefix='chat'")
+                arr = np.zeros(width, np.int32)
+                arr[:p + n] = list(preamble) + leaf_ids
+                cached[key] = np.asarray(token_nll(alm.graphdef, alm.params,
+                                                   jnp.asarray(arr)))[p - 1:p - 1 + n]
+            score = max_pool(cached[key], args.pool)
+            idx = np.sort(np.argsort(-score, kind="stable")[:s])
             return k[:, idx], v[:, idx]
         if strategy == "mean":
             runs = np.array_split(np.arange(t), s)
