@@ -30,15 +30,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def value_positions(leaf: list[int], values: list[list[int]]) -> set[int]:
-    """Positions of `leaf` covered by an occurrence of any token sequence of `values`."""
-    out: set[int] = set()
-    for v in values:
-        n = len(v)
-        for i in range(len(leaf) - n + 1):
-            if leaf[i:i + n] == v:
-                out.update(range(i, i + n))
-    return out
+def value_spans(leaf: list[int], values: list[list[int]]) -> list[tuple[int, int]]:
+    """(start, length) of every occurrence in `leaf` of any token sequence of `values`."""
+    return [(i, len(v)) for v in values for i in range(len(leaf) - len(v) + 1)
+            if leaf[i:i + len(v)] == v]
 
 
 def fact_probe(checkpoint: str, lm, mode: str, pool: str, trainable: str,
@@ -89,19 +84,18 @@ def fact_probe(checkpoint: str, lm, mode: str, pool: str, trainable: str,
         for r in range(len(b["leaf"])):
             leaf = b["leaf"][r, :int(b["leaf_len"][r])].tolist()
             start = int(np.argmax(b["labels"][r] >= 0))  # label of the leaf's first token
-            facts = value_positions(leaf, value_ids)
+            spans = value_spans(leaf, value_ids)
+            facts = {i + j for i, n in spans for j in range(n)}
             for p in range(len(leaf)):
                 kind = "fact" if p in facts else "rest"
                 for mem in ("own", "other"):
                     s = sums[(kind, mem)]
                     s[0] += float(nll[mem][r, start + p])
                     s[1] += 1
-            for v in value_ids:
-                for i in range(len(leaf) - len(v) + 1):
-                    if leaf[i:i + len(v)] == v:
-                        first[0] += float(nll["own"][r, start + i])
-                        first[1] += float(nll["other"][r, start + i])
-                        first[2] += 1
+            for i, _ in spans:
+                first[0] += float(nll["own"][r, start + i])
+                first[1] += float(nll["other"][r, start + i])
+                first[2] += 1
     out = {}
     for kind in ("fact", "rest"):
         own, oth = (sums[(kind, m)][0] / max(sums[(kind, m)][1], 1) for m in ("own", "other"))

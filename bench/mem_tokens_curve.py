@@ -59,13 +59,16 @@ def _at_m(checkpoint: str, m: int, directory: str) -> str:
     """`checkpoint` itself when it makes `m` memories per leaf, else a copy saved in
     `directory` with `m` (`H2MT.with_mem_tokens`: resized write tokens, or `m` pooled runs)."""
     import h2mt_jax
-    from h2mt_jax.hierarchy.h2mt import H2MT
+    from h2mt_jax.hierarchy.h2mt import FORMAT, H2MT, resolve_checkpoint
+    from h2mt_jax.io import read_meta
 
-    h2mt = H2MT.load(checkpoint, h2mt_jax.load_lm("smollm2-135m-instruct"))
-    if h2mt.config.mem_tokens == m:
+    meta = read_meta(os.path.join(resolve_checkpoint(checkpoint), "h2mt.json"), FORMAT,
+                     "an H2MT checkpoint")
+    if meta["config"]["mem_tokens"] == m:
         return checkpoint
     if not os.path.isfile(os.path.join(directory, "h2mt.json")):
-        h2mt.with_mem_tokens(m).save(directory)
+        lm = h2mt_jax.load_lm("smollm2-135m-instruct")
+        H2MT.load(checkpoint, lm).with_mem_tokens(m).save(directory)
     return directory
 
 

@@ -151,8 +151,8 @@ def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int
     keys = jnp.stack([unrope(k, positions, model.cfg) for k, _ in kvs]).astype(jnp.float32)
     values = jnp.stack([v for _, v in kvs]).astype(jnp.float32)
     if pool == "write":
+        mem = _read_write_tokens(h, lengths, m)
         idx = lengths[:, None] + jnp.arange(m, dtype=jnp.int32)[None]  # [b, m]
-        mem = jnp.take_along_axis(h, idx[..., None], axis=1)
         gather = idx[None, :, :, None, None]
         mem_k = jnp.take_along_axis(keys, gather, axis=2)
         mem_v = jnp.take_along_axis(values, gather, axis=2)
@@ -166,10 +166,8 @@ def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
 def _encode_leaves(graphdef, bparams, params, tokens, lengths, pool="write"):
+    """The leaves' memories `[b, m, d]` (`leaf_pass`; the unused keys/values are traced away)."""
     model = nnx.merge(graphdef, encoder_params(bparams, params))
-    if pool == "write":
-        return encode_with_write_tokens(model, model.embed(tokens), lengths,
-                                        params["leaf_write"])
     return leaf_pass(model, params, tokens, lengths, pool)[0]
 
 
