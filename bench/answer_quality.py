@@ -42,6 +42,9 @@ def main():
                     help="answer modes to score (the TTFT part needs all four)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backbone", default="smollm2-135m-instruct")
+    ap.add_argument("--predictions", action="store_true",
+                    help="also write every answer: predictions[route/mode] = [[question, "
+                         "prediction, gold answers], ...]")
     args = ap.parse_args()
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -80,10 +83,10 @@ def main():
             build_s[it.doc_id] = time.perf_counter() - t0
             tokens[it.doc_id] = indexes[it.doc_id].timings["leaf_tokens"]
     out["build_s_per_1k_tokens"] = 1000 * sum(build_s.values()) / sum(tokens.values())
-    scores = {}
+    scores, predictions = {}, {}
     for route in routes:
         for mode in modes:
-            f1, rl = [], []
+            f1, rl, said = [], [], []
             for it in tqdm(items, desc=f"{route} {mode}", leave=False):
                 index = indexes[it.doc_id]
                 gold = index.leaves_for_spans(it.gold_spans)
@@ -91,9 +94,13 @@ def main():
                                 k=args.k, route=route, gold_leaves=gold, answer_from=mode)
                 f1.append(score_example("synthetic", a.text, it.answers))
                 rl.append(max(rouge_l_score(a.text, g) for g in it.answers))
+                said.append([it.question, a.text, list(it.answers)])
+            predictions[f"{route}/{mode}"] = said
             scores[f"{route}/{mode}"] = {"f1": 100 * float(np.mean(f1)),
                                          "rouge_l": 100 * float(np.mean(rl))}
     out["quality"] = scores
+    if args.predictions:
+        out["predictions"] = predictions
     if "oracle" not in routes:
         print(json.dumps(out, indent=1))
         return

@@ -39,6 +39,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODES = "memory,memory_kv"  # configs/memory_qa.py's train.read_modes
+LR = 1e-3  # configs/memory_qa.py's train.lr
 
 
 def _run(cmd: list[str], log: str) -> None:
@@ -51,8 +52,11 @@ def _run(cmd: list[str], log: str) -> None:
 
 
 def _modes_suffix(args) -> str:
-    """"" for the default read modes, else "_memory+memory_kv+text" (run dirs, plot names)."""
-    return "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
+    """"" for the default read modes, else "_memory+memory_kv+text"; then "_q40" for 40 single-hop
+    questions per training manual and "_lr0.003" for another learning rate (run dirs, plots)."""
+    out = "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
+    out += "" if args.train_single == 6 else f"_q{args.train_single}"
+    return out + ("" if args.lr == LR else f"_lr{args.lr:g}")
 
 
 def _at_m(checkpoint: str, m: int, directory: str) -> str:
@@ -87,7 +91,9 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
     os.makedirs(work, exist_ok=True)
     if os.path.isfile(score_path):
         with open(score_path) as f:
-            return json.load(f)
+            row = json.load(f)
+        row.pop("predictions", None)
+        return row
     log = os.path.join(work, "log.txt")
     t0 = time.perf_counter()
     if curve and steps == 0:  # the starting checkpoint itself, with m memories per leaf
@@ -101,6 +107,8 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
                f"--config.train.route_weight={args.route_weight}",
                f"--config.data.train_docs={args.train_docs}",
                f"--config.data.hotpotqa_records={args.hotpotqa_records}",
+               f"--config.data.train_single={args.train_single}",
+               f"--config.train.lr={args.lr}",
                "--config.eval.after_training=False", f"--config.workdir={work}"]
         if curve:
             cmd.append("--config.train.decay=constant")
@@ -113,7 +121,7 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
     out = subprocess.run(
         [sys.executable, "bench/answer_quality.py", "--checkpoint", model,
          "--routes", "oracle", "--modes", "memory,memory_kv,text", "--ttft-tokens", "0",
-         "--k", "2", "--eval-docs", str(args.eval_docs)],
+         "--k", "2", "--eval-docs", str(args.eval_docs), "--predictions"],
         cwd=ROOT, capture_output=True, text=True)
     if out.returncode:
         with open(log, "a") as f:
@@ -128,8 +136,12 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
         row.update(schedule="constant", train_docs=args.train_docs)
     if args.read_modes != DEFAULT_MODES:
         row["read_modes"] = args.read_modes
-    with open(score_path, "w") as f:
-        json.dump(row, f, indent=1)
+    if args.train_single != 6:
+        row["train_single"] = args.train_single
+    if args.lr != LR:
+        row["lr"] = args.lr
+    with open(score_path, "w") as f:  # the answers beside the row, for reading (not in --out)
+        json.dump(dict(row, predictions=res.get("predictions", {})), f, indent=1)
     return row
 
 
@@ -168,6 +180,10 @@ def main():
     ap.add_argument("--distill", default="kl", choices=("none", "kl", "tokens"))
     ap.add_argument("--train-docs", type=int, default=8)
     ap.add_argument("--hotpotqa-records", type=int, default=0)
+    ap.add_argument("--train-single", type=int, default=6,
+                    help="single-hop questions per training manual (data.train_single; about 40 "
+                         "is one per fact)")
+    ap.add_argument("--lr", type=float, default=LR, help="train.lr of the QA runs")
     ap.add_argument("--eval-docs", type=int, default=4)
     ap.add_argument("--route-weight", type=float, default=1.0,
                     help="λ of the routing loss (0: train the answer alone)")
@@ -187,7 +203,7 @@ def main():
     rows = [point(m, n, args, curve) for m in ms for n in steps]
     prev = {}
     key = lambda r: (r["m"], r["distill"], r["steps"], r.get("schedule", "cosine"),  # noqa: E731
-                     r.get("read_modes", DEFAULT_MODES))
+                     r.get("read_modes", DEFAULT_MODES), r.get("train_single", 6), r.get("lr", LR))
     if os.path.isfile(args.out):  # keep the other points of earlier runs (other m or distill)
         with open(args.out) as f:
             prev = {key(r): r for r in json.load(f)["points"]}

@@ -380,3 +380,35 @@ def test_wikitext_local_quirks(tmp_path):
     path.write_bytes(b" \n\n")
     with pytest.raises(DataError, match="no text"):
         load_wikitext(path)
+
+
+# ----------------------------------------------------------------------------- synthetic items
+def test_dense_training_questions_keep_documents_and_held_out_questions():
+    # data.train_single asks more single-hop questions of each training manual: one per fact at
+    # most, the default questions among them, every answer a fact of its manual; the held-out
+    # manuals and their questions do not change, and bad values are refused.
+    import configs.memory_qa
+    from h2mt_jax.data.items import load_items
+    from h2mt_jax.data.synthetic import generate_manual
+
+    c = configs.memory_qa.get_config()
+    c.data.train_docs, c.data.eval_docs, c.data.hotpotqa_records = 2, 1, 0
+    train, held = load_items(c.data, seed=0)
+    c.data.train_single = 1000
+    dense, held_dense = load_items(c.data, seed=0)
+    key = lambda items: [(i.doc_id, i.question, tuple(i.answers), tuple(i.gold_spans))  # noqa
+                         for i in items]
+    assert key(held_dense) == key(held)
+    assert {i.context for i in dense} == {i.context for i in train}
+    assert set(key(train)) < set(key(dense))
+    for doc in sorted({i.doc_id for i in dense}):
+        man = generate_manual(int(doc.split("-")[1]), chapters=c.data.chapters)  # synthetic-SEED
+        ours = [i for i in dense if i.doc_id == doc]
+        single = [i for i in ours if len(i.gold_spans) == 1]
+        assert len(single) == len(man.facts) > 6
+        assert {(i.answers[0], i.gold_spans[0]) for i in single} == {
+            (f.value, f.span) for f in man.facts}
+        assert len({i.qid for i in ours}) == len(ours)
+    c.data.train_single = 0
+    with pytest.raises(DataError, match="train_single=0"):
+        load_items(c.data, seed=0)

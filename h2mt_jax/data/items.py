@@ -123,7 +123,10 @@ def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[
     file is returned as evaluation item (synthetic data is always generated as two sets).
 
     Synthetic: manuals `data.train_offset ..` for training and `data.eval_offset ..` (default:
-    right after them) held out, never overlapping; `data.hotpotqa_records` > 0 adds the first
+    right after them) held out, never overlapping; `data.train_single` sets the single-hop
+    questions asked of each training manual (at most one per fact; held-out manuals keep the
+    generator's 6, and the first 6 and the two-hop questions are the same for every value);
+    `data.hotpotqa_records` > 0 adds the first
     records of `data.hotpotqa_path` (a HotpotQA file; "": the hub's train split) to training.
 
     A local file (`data.path`) is split by document (`held_out`); without one the data come from
@@ -137,7 +140,11 @@ def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[
         if held < first + data.train_docs and held + data.eval_docs > first:
             raise DataError(f"synthetic manuals {held}..{held + data.eval_docs - 1} (evaluation) "
                             f"overlap {first}..{first + data.train_docs - 1} (training)")
-        train = synthetic_items(seed, data.train_docs, first, **kw)
+        single = int(data.get("train_single", 6))
+        if single < 1:
+            raise DataError(f"data.train_single={single}: a training manual needs at least one "
+                            "single-hop question")
+        train = synthetic_items(seed, data.train_docs, first, n_single=single, **kw)
         if data.get("hotpotqa_records", 0):  # plus the first N records of a HotpotQA file
             hot = dict(data.to_dict() if hasattr(data, "to_dict") else data, source="hotpotqa")
             path = data.get("hotpotqa_path", "") or "train"
