@@ -109,8 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
     # h2mt_qa also takes "text": batches answered from the gold leaves' raw text, which keep
     # the decoder adapters reading text while memory batches adapt them to memories
     c.train.distill = "none"  # none | kl | tokens: distillation from the text-reading teacher
-    c.train.mem_tokens = 0  # h2mt_qa from a checkpoint: > 0 resizes its write tokens to this m
-    # (memory.resize_write_tokens; for F1 against m, bench/mem_tokens_curve.py)
+    c.train.mem_tokens = 0  # from a checkpoint (h2mt_qa, memory_lm): > 0 makes m memories per
+    # leaf (memory.resize_write_tokens; mean pooling: m runs); for F1 against m,
+    # bench/mem_tokens_curve.py
     c.train.mem_pool = ""  # from a checkpoint: "write" | "mean" replaces its h2mt.mem_pool
     c.train.distill_weight = 1.0  # β
     c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position

@@ -365,6 +365,26 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path, lm, adapted, smollm
         H2MT.load(tmp_path / "ck", other)
 
 
+def test_memory_pretraining_from_a_checkpoint_takes_m_and_pooling(tmp_path, lm, adapted):
+    # Given a saved checkpoint with m=3 write-token memories
+    adapted.save(tmp_path / "ck")
+    docs = [("d", generate_manual(5, chapters=1).text, None)]
+    c = get_config("tiny")
+    c.checkpoint = str(tmp_path / "ck")
+    # When memory pretraining continues from it with train.mem_tokens and train.mem_pool
+    c.train.mem_tokens, c.train.mem_pool = 5, "mean"
+    task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
+    # Then it trains m=5 mean-pooled memories over the saved encoder adapters; without the
+    # fields it keeps the saved m and pooling
+    assert (task.cfg.mem_tokens, task.cfg.mem_pool) == (5, "mean")
+    for got, saved in zip(jax.tree.leaves(task.h2mt.params["enc_lora"]),
+                          jax.tree.leaves(adapted.params["enc_lora"]), strict=True):
+        np.testing.assert_array_equal(got, saved)
+    c.train.mem_tokens, c.train.mem_pool = 0, ""
+    task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
+    assert (task.cfg.mem_tokens, task.cfg.mem_pool) == (3, "write")
+
+
 def test_config_overrides_apply_over_a_checkpoint_only_when_set():
     from h2mt_jax.hierarchy.config import explicit_overrides
 

@@ -90,6 +90,8 @@ class MemoryLMTask(H2MTTrainable):
         self.lm = lm or backbone_from_config(config)
         if config.checkpoint:
             self.h2mt = H2MT.load(config.checkpoint, self.lm)
+            if config.train.get("mem_tokens", 0):  # m memories per leaf instead of the saved m
+                self.h2mt = self.h2mt.with_mem_tokens(int(config.train.mem_tokens))
             if config.train.get("mem_pool", ""):  # the same encoder, pooled another way
                 self.h2mt = self.h2mt.with_config(mem_pool=str(config.train.mem_pool))
         else:
