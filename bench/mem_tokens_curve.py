@@ -161,8 +161,10 @@ def plot(rows: list[dict], path: str, x: str = "m") -> None:
         ax.set_xticks(xs, [str(v) for v in xs])
         ax.set_xlabel("memory tokens per leaf (m)")
     else:
+        dense = (f", <= {rows[0]['train_single']} single-hop questions each"
+                 if "train_single" in rows[0] else "")
         ax.set_xlabel(f"QA training steps (m = {rows[0]['m']}, "
-                      f"{rows[0].get('train_docs', '?')} training manuals)")
+                      f"{rows[0].get('train_docs', '?')} training manuals{dense})", fontsize=8)
     ax.set_ylabel("F1, oracle routing")
     ax.set_title(f"held-out manuals, {rows[0]['questions']} questions", fontsize=9)
     ax.legend(fontsize=8)
