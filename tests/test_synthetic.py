@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from h2mt_jax.data.synthetic import (ATTRS, Manual, generate_dataset, generate_manual,
@@ -157,6 +157,8 @@ def test_small_shapes():
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
+@example(seed=10500)  # a team "Lenhol" and a designer "Casina Lenhol" (fixed: names never nest)
+@example(seed=8)
 def test_invariants_default_sizes(seed):
     m = generate_manual(seed)
     check_manual(m)

@@ -17,6 +17,7 @@ and people, and attribute-like values (durations, places) in other sentences.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,12 +188,19 @@ def _variant(rng: np.random.Generator, name: str) -> str:
     return name[:i] + _pick(rng, [v for v in VOWELS if v != name[i]]) + name[i + 1:]
 
 
+def _within(name: str, other: str) -> bool:
+    """`name` occurs in `other` as whole words ("Lenhol" in "Casina Lenhol")."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", other) is not None
+
+
 def _names(rng, n: int, make, used: set[str], p_variant: float = 0.35) -> list[str]:
-    """`n` new distinct names from `make(rng)`; a share `p_variant` are near-copies of others."""
+    """`n` new distinct names from `make(rng)`; a share `p_variant` are near-copies of others.
+    No name occurs inside another (a team "Lenhol" beside a person "Casina Lenhol" would make a
+    sentence about the person also name the team)."""
     out: list[str] = []
     while len(out) < n:
         name = _variant(rng, _pick(rng, out)) if out and rng.random() < p_variant else make(rng)
-        if name not in used:
+        if name not in used and not any(_within(name, u) or _within(u, name) for u in used):
             used.add(name)
             out.append(name)
     return out
