@@ -51,9 +51,9 @@ def _run(cmd: list[str], log: str) -> None:
         raise SystemExit(f"{cmd[1]} failed with exit status {rc}; see {log}")
 
 
-def _modes_suffix(args) -> str:
-    """"" for the default read modes, else "_memory+memory_kv+text"; then "_q40" for 40 single-hop
-    questions per training manual and "_lr0.003" for another learning rate (run dirs, plots)."""
+def _run_suffix(args) -> str:
+    """The run directory and plot name tag: "" with the defaults; else "_memory+memory_kv+text"
+    (read modes), then "_q40" (40 single-hop questions per training manual) and "_lr0.003"."""
     out = "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
     out += "" if args.train_single == 6 else f"_q{args.train_single}"
     return out + ("" if args.lr == LR else f"_lr{args.lr:g}")
@@ -80,13 +80,13 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
     """Trains (unless done) and scores one point; returns its row. `curve`: the run is shared by
     every step count of this `m` (constant learning rate; resumed from the last count's
     checkpoint)."""
-    modes = _modes_suffix(args)
+    tag = _run_suffix(args)
     if curve:
-        work = os.path.join(args.runs, f"m{m}_{args.distill}_d{args.train_docs}_constant{modes}")
+        work = os.path.join(args.runs, f"m{m}_{args.distill}_d{args.train_docs}_constant{tag}")
         model, score_path = (os.path.join(work, f"model_s{steps}"),
                              os.path.join(work, f"answer_quality_s{steps}.json"))
     else:
-        work = os.path.join(args.runs, f"m{m}_{args.distill}_s{steps}{modes}")
+        work = os.path.join(args.runs, f"m{m}_{args.distill}_s{steps}{tag}")
         model, score_path = os.path.join(work, "model"), os.path.join(work, "answer_quality.json")
     os.makedirs(work, exist_ok=True)
     if os.path.isfile(score_path):
@@ -220,7 +220,7 @@ def main():
     if curve:
         for m in ms:
             plot([r for r in rows if r["m"] == m],
-                 f"{base}_m{m}_{args.distill}{_modes_suffix(args)}.png", x="steps")
+                 f"{base}_m{m}_{args.distill}{_run_suffix(args)}.png", x="steps")
     else:
         same = [r for r in result["points"] if (r["distill"], r["steps"], r.get(
             "schedule", "cosine"), r.get("read_modes", DEFAULT_MODES)) == (
