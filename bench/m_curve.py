@@ -2,8 +2,9 @@
 of `bench/mem_tokens_curve.py` runs that used different stage-1 checkpoints per `m` (each run
 is one `m`, so that script's own F1-against-m plot does not see them together).
 
-Keeps only points with the same recipe as the first file's point at `--steps` (read modes,
-questions per manual, distillation, schedule, lr); a file without such a point is an error.
+Keeps only points with the same recipe as the first file's point at `--steps` (`RECIPE`: read
+modes, single-hop and two-hop questions per manual, distillation, schedule, lr, training
+manuals); a file without such a point is an error.
 Writes JSON (the points and their source files) to stdout and `--out`, and a PNG beside it.
 
     python bench/m_curve.py bench/results/mem_steps_curve_dense_m16.json \
@@ -21,8 +22,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mem_tokens_curve import DEFAULT_MODES, LR, plot  # noqa: E402
 
-RECIPE = ("read_modes", "train_single", "distill", "schedule", "lr", "train_docs")
-DEFAULTS = {"read_modes": DEFAULT_MODES, "train_single": 6, "schedule": "cosine", "lr": LR}
+RECIPE = ("read_modes", "train_single", "train_two_hop", "distill", "schedule", "lr",
+          "train_docs")
+DEFAULTS = {"read_modes": DEFAULT_MODES, "train_single": 6, "train_two_hop": 3,
+            "schedule": "cosine", "lr": LR}
 
 
 def recipe(row: dict) -> tuple:

@@ -53,9 +53,11 @@ def _run(cmd: list[str], log: str) -> None:
 
 def _run_suffix(args) -> str:
     """The run directory and plot name tag: "" with the defaults; else "_memory+memory_kv+text"
-    (read modes), then "_q40" (40 single-hop questions per training manual) and "_lr0.003"."""
+    (read modes), then "_q40" (40 single-hop questions per training manual), "_h20" (20
+    two-hop ones) and "_lr0.003"."""
     out = "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
     out += "" if args.train_single == 6 else f"_q{args.train_single}"
+    out += "" if args.train_two_hop == 3 else f"_h{args.train_two_hop}"
     return out + ("" if args.lr == LR else f"_lr{args.lr:g}")
 
 
@@ -108,6 +110,7 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
                f"--config.data.train_docs={args.train_docs}",
                f"--config.data.hotpotqa_records={args.hotpotqa_records}",
                f"--config.data.train_single={args.train_single}",
+               f"--config.data.train_two_hop={args.train_two_hop}",
                f"--config.train.lr={args.lr}",
                "--config.eval.after_training=False", f"--config.workdir={work}"]
         if curve:
@@ -138,6 +141,8 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
         row["read_modes"] = args.read_modes
     if args.train_single != 6:
         row["train_single"] = args.train_single
+    if args.train_two_hop != 3:
+        row["train_two_hop"] = args.train_two_hop
     if args.lr != LR:
         row["lr"] = args.lr
     with open(score_path, "w") as f:  # the answers beside the row, for reading (not in --out)
@@ -185,6 +190,9 @@ def main():
     ap.add_argument("--train-single", type=int, default=6,
                     help="single-hop questions per training manual (data.train_single; about 40 "
                          "is one per fact)")
+    ap.add_argument("--train-two-hop", type=int, default=3,
+                    help="two-hop questions per training manual (data.train_two_hop; about 15 "
+                         "is one per bridge pair)")
     ap.add_argument("--lr", type=float, default=LR, help="train.lr of the QA runs")
     ap.add_argument("--eval-docs", type=int, default=4)
     ap.add_argument("--route-weight", type=float, default=1.0,
@@ -205,7 +213,8 @@ def main():
     rows = [point(m, n, args, curve) for m in ms for n in steps]
     prev = {}
     key = lambda r: (r["m"], r["distill"], r["steps"], r.get("schedule", "cosine"),  # noqa: E731
-                     r.get("read_modes", DEFAULT_MODES), r.get("train_single", 6), r.get("lr", LR))
+                     r.get("read_modes", DEFAULT_MODES), r.get("train_single", 6),
+                     r.get("train_two_hop", 3), r.get("lr", LR))
     if os.path.isfile(args.out):  # keep the other points of earlier runs (other m or distill)
         with open(args.out) as f:
             prev = {key(r): r for r in json.load(f)["points"]}

@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.chapters = 4  # synthetic: chapters per manual (about 400 tokens each)
     c.data.train_single = 6  # synthetic: single-hop questions per training manual (at most one
     # per fact, about 40; held-out manuals keep 6): more questions from the same documents
+    c.data.train_two_hop = 3  # synthetic: two-hop questions per training manual (at most one per
+    # bridge pair, about 20; held-out manuals keep 3)
     c.data.held_out = 0.2  # one local file: fraction of documents held out for evaluation
     c.data.limit = 0  # read at most this many records (0: all)
     c.data.on_error = "skip"  # malformed records: skip (warn with file:line) or stop

@@ -412,3 +412,33 @@ def test_dense_training_questions_keep_documents_and_held_out_questions():
     c.data.train_single = 0
     with pytest.raises(DataError, match="train_single=0"):
         load_items(c.data, seed=0)
+
+
+def test_dense_two_hop_training_questions_keep_documents_and_held_out_questions():
+    # data.train_two_hop asks more two-hop questions of each training manual (the default 3 first,
+    # every one a distinct bridge pair of its manual); held-out manuals and the documents do not
+    # change, 0 asks none, and negative values are refused.
+    import configs.memory_qa
+    from h2mt_jax.data.items import load_items
+
+    c = configs.memory_qa.get_config()
+    c.data.train_docs, c.data.eval_docs, c.data.hotpotqa_records = 2, 1, 0
+    train, held = load_items(c.data, seed=0)
+    c.data.train_two_hop = 1000
+    dense, held_dense = load_items(c.data, seed=0)
+    key = lambda items: [(i.doc_id, i.question, tuple(i.answers), tuple(i.gold_spans))  # noqa
+                         for i in items]
+    two = lambda items: [x for x in key(items) if len(x[3]) == 2]  # noqa: E731
+    assert key(held_dense) == key(held)
+    assert {i.context for i in dense} == {i.context for i in train}
+    assert [x for x in key(dense) if len(x[3]) == 1] == [x for x in key(train) if len(x[3]) == 1]
+    for doc in sorted({i.doc_id for i in dense}):
+        ours, default = ([x for x in two(items) if x[0] == doc] for items in (dense, train))
+        assert len(default) == 3 < len(ours) and ours[:3] == default
+        assert len(set(x[3] for x in ours)) == len(ours)  # one question per bridge pair
+    c.data.train_two_hop = 0
+    none, _ = load_items(c.data, seed=0)
+    assert not two(none)
+    c.data.train_two_hop = -1
+    with pytest.raises(DataError, match="train_two_hop=-1"):
+        load_items(c.data, seed=0)

@@ -125,7 +125,9 @@ def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[
     Synthetic: manuals `data.train_offset ..` for training and `data.eval_offset ..` (default:
     right after them) held out, never overlapping; `data.train_single` sets the single-hop
     questions asked of each training manual (at most one per fact; held-out manuals keep the
-    generator's 6, and the first 6 and the two-hop questions are the same for every value);
+    generator's 6, and the first 6 and the two-hop questions are the same for every value), and
+    `data.train_two_hop` the two-hop ones (at most one per bridge pair; held-out manuals keep 3,
+    and the first 3 are the same for every value);
     `data.hotpotqa_records` > 0 adds the first
     records of `data.hotpotqa_path` (a HotpotQA file; "": the hub's train split) to training.
 
@@ -144,7 +146,12 @@ def load_items(data, seed: int, split: bool = True) -> tuple[list[QAItem], list[
         if single < 1:
             raise DataError(f"data.train_single={single}: a training manual needs at least one "
                             "single-hop question")
-        train = synthetic_items(seed, data.train_docs, first, n_single=single, **kw)
+        two_hop = int(data.get("train_two_hop", 3))
+        if two_hop < 0:
+            raise DataError(f"data.train_two_hop={two_hop}: the two-hop questions per training "
+                            "manual cannot be negative")
+        train = synthetic_items(seed, data.train_docs, first, n_single=single, n_two_hop=two_hop,
+                                **kw)
         if data.get("hotpotqa_records", 0):  # plus the first N records of a HotpotQA file
             hot = dict(data.to_dict() if hasattr(data, "to_dict") else data, source="hotpotqa")
             path = data.get("hotpotqa_path", "") or "train"
