@@ -86,7 +86,7 @@ def main():
     scores, predictions = {}, {}
     for route in routes:
         for mode in modes:
-            f1, rl, said = [], [], []
+            f1, rl, said, hops = [], [], [], []
             for it in tqdm(items, desc=f"{route} {mode}", leave=False):
                 index = indexes[it.doc_id]
                 gold = index.leaves_for_spans(it.gold_spans)
@@ -95,9 +95,12 @@ def main():
                 f1.append(score_example("synthetic", a.text, it.answers))
                 rl.append(max(rouge_l_score(a.text, g) for g in it.answers))
                 said.append([it.question, a.text, list(it.answers)])
+                hops.append(len(it.gold_spans))  # synthetic: one span per fact the answer needs
             predictions[f"{route}/{mode}"] = said
-            scores[f"{route}/{mode}"] = {"f1": 100 * float(np.mean(f1)),
-                                         "rouge_l": 100 * float(np.mean(rl))}
+            scores[f"{route}/{mode}"] = {
+                "f1": 100 * float(np.mean(f1)), "rouge_l": 100 * float(np.mean(rl)),
+                "f1_by_hops": {str(h): 100 * float(np.mean([x for x, n in zip(f1, hops) if n == h]))
+                               for h in sorted(set(hops))}}
     out["quality"] = scores
     if args.predictions:
         out["predictions"] = predictions

@@ -134,7 +134,8 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
     row = {"m": m, "distill": args.distill, "steps": steps, "train_s": train_s,
            "score_s": time.perf_counter() - t1,
            "f1": {k.split("/")[1]: v["f1"] for k, v in res["quality"].items()},
-           "f1_vs_text": res["oracle_f1_vs_text"], "questions": res["questions"]}
+           "f1_vs_text": res["oracle_f1_vs_text"], "questions": res["questions"],
+           "f1_by_hops": {k.split("/")[1]: v["f1_by_hops"] for k, v in res["quality"].items()}}
     if curve:
         row.update(schedule="constant", train_docs=args.train_docs)
     if args.read_modes != DEFAULT_MODES:
