@@ -461,3 +461,31 @@ def test_resizing_the_write_tokens_keeps_the_trained_rows_and_builds_m_memories(
     np.testing.assert_allclose(b.memories[:n], a.memories[:n, :2], atol=1e-5)
     with pytest.raises(ValueError, match="exceeds the leaf length"):
         adapted.with_mem_tokens(49)
+
+
+def test_qa_batches_are_padded_when_drawn_as_up_front(tmp_path):
+    # Given the tiny QA task (two training manuals: trees of different sizes)
+    import grain
+
+    from configs.memory_qa import get_config as qa_config
+    from h2mt_jax.train import h2mt_qa
+
+    c = qa_config("tiny")
+    c.data.hotpotqa_records, c.data.train_docs, c.train.batch_size = 0, 2, 2
+    task = h2mt_qa.H2MTQATask(c, progress=False, workdir=str(tmp_path))
+    examples = task.examples(task.train_items)
+    eager = h2mt_qa.pad_examples(examples, task.cfg)
+    # When the training data set pads each question only when its batch is drawn
+    ds = task.dataset()
+    order = list(grain.MapDataset.source(list(range(len(examples))))
+                 .shuffle(seed=c.seed).repeat(None)[:4])
+    # Then its batches hold exactly the rows padded up front, in the same shuffled order, with
+    # the read mode of each batch's turn
+    for b in range(2):
+        batch = ds[b]
+        for j in range(2):
+            want = eager[order[2 * b + j]]
+            got = jax.tree.map(lambda x: x[j], {k: v for k, v in batch.items() if k != "mode"})
+            jax.tree.map(np.testing.assert_array_equal, got,
+                         {k: v for k, v in want.items() if k != "mode"})
+        assert (batch["mode"] == b % len(task.modes)).all()

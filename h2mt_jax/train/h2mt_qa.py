@@ -98,57 +98,73 @@ def teacher_targets(lm, prompt: list[int], answer: list[int], start: int, seq_le
     raise ValueError(f"distill must be one of {DISTILL}, got {kind!r}")
 
 
+def pad_sizes(examples: list[Example]) -> dict[str, int]:
+    """The sizes every example is padded to (`pad_example`): the largest tree (leaf slots,
+    internal nodes, height, level width) and the bucketed sequence lengths among `examples`."""
+    trees = [e.index.tree for e in examples]
+    with_text = all(e.text_ids is not None for e in examples)
+    return {"leaves": max(t.num_leaf_slots for t in trees),
+            "internal": max(t.num_nodes - t.num_leaf_slots for t in trees),
+            "height": max(t.max_height for t in trees),
+            "width": max(int(t.level_nodes.shape[1]) for t in trees),
+            "q_len": bucket(max(len(e.q_ids) for e in examples)),
+            "seq_len": bucket(max(len(e.seq_ids) for e in examples)),
+            "pre_len": bucket(max(e.mem_start for e in examples)),
+            "text_len": bucket(max(len(e.text_ids) for e in examples)) if with_text else 0}
+
+
 def pad_examples(examples: list[Example], cfg: H2MTConfig) -> list[dict]:
     """Example dicts of `hierarchy.loss`, every tree re-padded (`pad_tree`'s minimums) to the
     largest sizes among them, so that one compiled step serves them all."""
-    trees = [e.index.tree for e in examples]
-    leaves = max(t.num_leaf_slots for t in trees)
-    internal = max(t.num_nodes - t.num_leaf_slots for t in trees)
-    height = max(t.max_height for t in trees)
-    width = max(int(t.level_nodes.shape[1]) for t in trees)
-    q_len = bucket(max(len(e.q_ids) for e in examples))
-    seq_len = bucket(max(len(e.seq_ids) for e in examples))
-    pre_len = bucket(max(e.mem_start for e in examples))
-    with_text = all(e.text_ids is not None for e in examples)
-    text_len = bucket(max(len(e.text_ids) for e in examples)) if with_text else 0
-    out = []
-    for e in examples:
-        spec = e.index.spec
-        tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len, min_leaves=leaves,
-                        min_nodes=leaves + internal, min_height=height, min_width=width)
-        ids = padded_ids(spec, tree)
-        mem = np.zeros((tree.num_nodes,) + e.index.memories.shape[1:], np.float32)
-        mem[ids] = e.index.node_memories(range(spec.n_nodes))
-        gold = np.zeros(tree.num_nodes, bool)
-        gold[ids[e.gold_nodes]] = True
-        q = np.zeros(q_len, np.int32)
-        q[:len(e.q_ids)] = e.q_ids
-        seq = np.zeros(seq_len, np.int32)
-        seq[:len(e.seq_ids)] = e.seq_ids
-        labels = np.full(seq_len, -1, np.int32)
-        labels[:len(e.labels)] = e.labels
-        row = {"tree": tree_arrays(tree), "memories": mem, "gold": gold, "q_ids": q,
-               "q_len": np.int32(len(e.q_ids)), "seq_ids": seq,
-               "pre_ids": seq[:pre_len].copy(), "mem_start": np.int32(e.mem_start),
-               "labels": labels, "mode": np.int32(0)}
-        if with_text:
-            row["text_ids"] = np.zeros(text_len, np.int32)
-            row["text_labels"] = np.full(text_len, -1, np.int32)
-            row["text_ids"][:len(e.text_ids)] = e.text_ids
-            row["text_labels"][:len(e.text_labels)] = e.text_labels
-        t = e.teacher or {}
-        if "t_ids" in t:
-            row["t_ids"] = np.zeros((seq_len, t["t_ids"].shape[1]), np.int32)
-            row["t_logp"] = np.full((seq_len, t["t_ids"].shape[1]), -1e9, np.float32)
-            n = min(seq_len, len(t["t_ids"]))
-            row["t_ids"][:n], row["t_logp"][:n] = t["t_ids"][:n], t["t_logp"][:n]
-        if "t_seq" in t:
-            row["t_seq_ids"] = np.zeros(seq_len, np.int32)
-            row["t_labels"] = np.full(seq_len, -1, np.int32)
-            row["t_seq_ids"][:len(t["t_seq"])] = t["t_seq"]
-            row["t_labels"][:len(t["t_labels"])] = t["t_labels"]
-        out.append(row)
-    return out
+    sizes = pad_sizes(examples)
+    return [pad_example(e, sizes, cfg) for e in examples]
+
+
+def pad_example(e: Example, sizes: dict[str, int], cfg: H2MTConfig) -> dict:
+    """One example dict of `hierarchy.loss` at `sizes` (`pad_sizes`). Built when a batch is
+    drawn (`H2MTQATask.dataset`): each row holds its own padded copy of all the document's node
+    memories (`[nodes, m, d]` float32, megabytes at m = 64), so padding every question up front
+    would hold one copy per question."""
+    leaves, internal, height, width = (sizes[k] for k in ("leaves", "internal", "height",
+                                                          "width"))
+    q_len, seq_len, pre_len, text_len = (sizes[k] for k in ("q_len", "seq_len", "pre_len",
+                                                            "text_len"))
+    with_text = text_len > 0
+    spec = e.index.spec
+    tree = pad_tree(spec, cfg.build.fanout, cfg.build.leaf_len, min_leaves=leaves,
+                    min_nodes=leaves + internal, min_height=height, min_width=width)
+    ids = padded_ids(spec, tree)
+    mem = np.zeros((tree.num_nodes,) + e.index.memories.shape[1:], np.float32)
+    mem[ids] = e.index.node_memories(range(spec.n_nodes))
+    gold = np.zeros(tree.num_nodes, bool)
+    gold[ids[e.gold_nodes]] = True
+    q = np.zeros(q_len, np.int32)
+    q[:len(e.q_ids)] = e.q_ids
+    seq = np.zeros(seq_len, np.int32)
+    seq[:len(e.seq_ids)] = e.seq_ids
+    labels = np.full(seq_len, -1, np.int32)
+    labels[:len(e.labels)] = e.labels
+    row = {"tree": tree_arrays(tree), "memories": mem, "gold": gold, "q_ids": q,
+           "q_len": np.int32(len(e.q_ids)), "seq_ids": seq,
+           "pre_ids": seq[:pre_len].copy(), "mem_start": np.int32(e.mem_start),
+           "labels": labels, "mode": np.int32(0)}
+    if with_text:
+        row["text_ids"] = np.zeros(text_len, np.int32)
+        row["text_labels"] = np.full(text_len, -1, np.int32)
+        row["text_ids"][:len(e.text_ids)] = e.text_ids
+        row["text_labels"][:len(e.text_labels)] = e.text_labels
+    t = e.teacher or {}
+    if "t_ids" in t:
+        row["t_ids"] = np.zeros((seq_len, t["t_ids"].shape[1]), np.int32)
+        row["t_logp"] = np.full((seq_len, t["t_ids"].shape[1]), -1e9, np.float32)
+        n = min(seq_len, len(t["t_ids"]))
+        row["t_ids"][:n], row["t_logp"][:n] = t["t_ids"][:n], t["t_logp"][:n]
+    if "t_seq" in t:
+        row["t_seq_ids"] = np.zeros(seq_len, np.int32)
+        row["t_labels"] = np.full(seq_len, -1, np.int32)
+        row["t_seq_ids"][:len(t["t_seq"])] = t["t_seq"]
+        row["t_labels"][:len(t["t_labels"])] = t["t_labels"]
+    return row
 
 
 class H2MTQATask(H2MTTrainable):
@@ -313,13 +329,15 @@ class H2MTQATask(H2MTTrainable):
 
     def dataset(self) -> grain.MapDataset:
         t = self.config.train
-        examples = pad_examples(self.examples(self.train_items), self.cfg)
+        examples = self.examples(self.train_items)
+        sizes, cfg = pad_sizes(examples), self.cfg
         n_modes = len(self.modes)
 
         def with_mode(i, batch):  # batches take turns over the read modes
             return dict(batch, mode=np.full_like(batch["mode"], i % n_modes))
 
         return (grain.MapDataset.source(examples).shuffle(seed=self.config.seed).repeat(None)
+                .map(lambda e: pad_example(e, sizes, cfg))  # padded when drawn: see pad_example
                 .batch(t.batch_size, drop_remainder=True).map_with_index(with_mode))
 
     # -- model ------------------------------------------------------------------------------------
