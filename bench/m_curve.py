@@ -20,17 +20,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mem_tokens_curve import DEFAULT_MODES, LR, plot  # noqa: E402
+from mem_tokens_curve import POINT_DEFAULTS, plot  # noqa: E402
 
 RECIPE = ("read_modes", "train_single", "train_two_hop", "distill", "schedule", "lr",
           "train_docs")
-DEFAULTS = {"read_modes": DEFAULT_MODES, "train_single": 6, "train_two_hop": 3,
-            "schedule": "cosine", "lr": LR}
 
 
 def recipe(row: dict) -> tuple:
     """The training settings two points must share to sit on one F1-against-m curve."""
-    return tuple(row.get(k, DEFAULTS.get(k)) for k in RECIPE)
+    return tuple(row.get(k, POINT_DEFAULTS.get(k)) for k in RECIPE)
 
 
 def collect(paths: list[str], steps: int) -> list[dict]:

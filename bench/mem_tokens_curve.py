@@ -40,6 +40,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODES = "memory,memory_kv"  # configs/memory_qa.py's train.read_modes
 LR = 1e-3  # configs/memory_qa.py's train.lr
+# a point's settings when its row leaves them out (rows keep only what differs from these)
+POINT_DEFAULTS = {"schedule": "cosine", "read_modes": DEFAULT_MODES, "train_single": 6,
+                  "train_two_hop": 3, "lr": LR}
 
 
 def _run(cmd: list[str], log: str) -> None:
@@ -213,9 +216,8 @@ def main():
     curve = len(steps) > 1
     rows = [point(m, n, args, curve) for m in ms for n in steps]
     prev = {}
-    key = lambda r: (r["m"], r["distill"], r["steps"], r.get("schedule", "cosine"),  # noqa: E731
-                     r.get("read_modes", DEFAULT_MODES), r.get("train_single", 6),
-                     r.get("train_two_hop", 3), r.get("lr", LR))
+    key = lambda r: (r["m"], r["distill"], r["steps"],  # noqa: E731
+                     *(r.get(k, v) for k, v in POINT_DEFAULTS.items()))
     if os.path.isfile(args.out):  # keep the other points of earlier runs (other m or distill)
         with open(args.out) as f:
             prev = {key(r): r for r in json.load(f)["points"]}
