@@ -42,7 +42,7 @@ DEFAULT_MODES = "memory,memory_kv"  # configs/memory_qa.py's train.read_modes
 LR = 1e-3  # configs/memory_qa.py's train.lr
 # a point's settings when its row leaves them out (rows keep only what differs from these)
 POINT_DEFAULTS = {"schedule": "cosine", "read_modes": DEFAULT_MODES, "train_single": 6,
-                  "train_two_hop": 3, "lr": LR}
+                  "train_two_hop": 3, "lr": LR, "hotpotqa_records": 0}
 
 
 def _run(cmd: list[str], log: str) -> None:
@@ -57,11 +57,12 @@ def _run(cmd: list[str], log: str) -> None:
 def _run_suffix(args) -> str:
     """The run directory and plot name tag: "" with the defaults; else "_memory+memory_kv+text"
     (read modes), then "_q40" (40 single-hop questions per training manual), "_h20" (20
-    two-hop ones) and "_lr0.003"."""
+    two-hop ones), "_lr0.003" and "_hp70" (the first 70 HotpotQA records added)."""
     out = "" if args.read_modes == DEFAULT_MODES else "_" + args.read_modes.replace(",", "+")
     out += "" if args.train_single == 6 else f"_q{args.train_single}"
     out += "" if args.train_two_hop == 3 else f"_h{args.train_two_hop}"
-    return out + ("" if args.lr == LR else f"_lr{args.lr:g}")
+    out += "" if args.lr == LR else f"_lr{args.lr:g}"
+    return out + (f"_hp{args.hotpotqa_records}" if args.hotpotqa_records else "")
 
 
 def _at_m(checkpoint: str, m: int, directory: str) -> str:
@@ -149,6 +150,8 @@ def point(m: int, steps: int, args, curve: bool = False) -> dict:
         row["train_two_hop"] = args.train_two_hop
     if args.lr != LR:
         row["lr"] = args.lr
+    if args.hotpotqa_records:
+        row["hotpotqa_records"] = args.hotpotqa_records
     with open(score_path, "w") as f:  # the answers beside the row, for reading (not in --out)
         json.dump(dict(row, predictions=res.get("predictions", {})), f, indent=1)
     return row

@@ -145,6 +145,37 @@ def test_route_picture_labels_do_not_overlap_and_text_is_literal(h2mt, index):
     plt.close(fig)
 
 
+def test_sweep_by_height_in_small_batches_matches_one_scan_over_padded_levels(h2mt, index):
+    # Given a built tree whose levels hold different numbers of parents (padded to one width)
+    import functools
+
+    import jax
+    from flax import nnx
+
+    from h2mt_jax.hierarchy.memory import encoder_params, sweep_memories
+
+    tree = index.tree
+    levels = np.asarray(tree.level_nodes)
+    counts = (levels >= 0).sum(1)
+    assert len(set(counts[counts > 0])) > 1 and counts.max() < levels.shape[1]
+    pid = padded_ids(index.spec, tree)
+    mem = np.zeros_like(index.memories)
+    mem[pid[:index.spec.n_leaves]] = index.memories[pid[:index.spec.n_leaves]]
+    lm = h2mt.lm
+    # When the parents are computed level by level in batches of at most 2 (and at most 32)
+    small = np.asarray(sweep(lm.graphdef, lm.params, h2mt.params, tree, jnp.asarray(mem),
+                             tree.level_nodes, kind="backbone", max_batch=2))
+    big = np.asarray(sweep(lm.graphdef, lm.params, h2mt.params, tree, jnp.asarray(mem),
+                           tree.level_nodes, kind="backbone"))
+    # Then every node's memory is what one scan over every padded level slot computes
+    model = nnx.merge(lm.graphdef, encoder_params(lm.params, h2mt.params))
+    scan = np.asarray(jax.jit(functools.partial(sweep_memories, model, h2mt.params,
+                                                "backbone"))(tree, jnp.asarray(mem)))
+    np.testing.assert_allclose(small[pid], scan[pid], atol=1e-4)
+    np.testing.assert_allclose(big[pid], scan[pid], atol=1e-4)
+    np.testing.assert_allclose(index.memories[pid], scan[pid], atol=1e-4)
+
+
 def test_append_recomputes_only_the_new_spine(h2mt, index):
     more = generate_manual(9, chapters=1).text
     grown = h2mt.append(index, more)

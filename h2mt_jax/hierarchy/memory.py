@@ -344,7 +344,28 @@ def sweep_memories(model, params: H2MTParams, kind: str, tree: Tree,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
-def sweep(graphdef, bparams, params, tree: Tree, mem, level_nodes, kind: str):
-    """Jitted `sweep_memories` (the backbone with the encoder adapters, `encoder_params`)."""
+def _sweep_level(graphdef, bparams, params, tree: Tree, mem, idx, kind: str):
+    """`sweep_memories` over one batch of same-height nodes `idx` `[w]` (-1: skipped)."""
     return sweep_memories(nnx.merge(graphdef, encoder_params(bparams, params)), params, kind,
-                          tree, mem, level_nodes)
+                          tree, mem, idx[None])
+
+
+def sweep(graphdef, bparams, params, tree: Tree, mem: Float[Array, "n m d"],
+          level_nodes: Int[Array, "h w"], kind: str, max_batch: int = 32
+          ) -> Float[Array, "n m d"]:
+    """`sweep_memories` with the backbone with the encoder adapters (`encoder_params`), height
+    by height, each height's nodes (`level_nodes[h]`, -1 skipped) in jitted batches of
+    `leaf_batch_sizes(count, max_batch)` nodes. A tree's upper levels hold few nodes: one scan at
+    the widest level's padded width ran the aggregator over every padding slot of every height
+    (a HotpotQA record's 36 leaves: 48 parent slots for 12 parents, each parent a backbone pass
+    over `fanout * m` child memories). The compiled calls are shared by every batch of the same
+    size."""
+    levels = np.asarray(level_nodes)
+    for row in levels:
+        todo = row[row >= 0]
+        for size in leaf_batch_sizes(len(todo), max_batch):
+            idx = np.full((size,), -1, np.int32)
+            idx[:min(size, len(todo))] = todo[:size]
+            todo = todo[size:]
+            mem = _sweep_level(graphdef, bparams, params, tree, mem, jnp.asarray(idx), kind=kind)
+    return mem
