@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.logit_chunk = 0  # hmt_lm: tokens per LM-head chunk in the loss (0: all at once)
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 3
+    c.train.prefetch = 4  # batches the data pipeline reads ahead (each holds its trees' memories)
     c.train.stop_after = 0  # stop (and checkpoint) after this many steps of this run: 0 = never
 
     c.mesh = ml_collections.ConfigDict()

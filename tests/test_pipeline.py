@@ -78,6 +78,33 @@ def _losses(workdir):
     return [r["loss"] for r in rows if r["split"] == "train"]
 
 
+def test_training_batches_are_read_only_a_few_ahead():
+    # Given a data set of 200 batches that counts the batches it has built
+    import threading
+    import time
+
+    import grain
+
+    from h2mt_jax.train.trainer import batches
+
+    built, lock = [0], threading.Lock()
+
+    def build(i):
+        with lock:
+            built[0] += 1
+        return i
+
+    data = grain.MapDataset.range(200).map(build)
+    # When the trainer's iterator hands out its first two batches and its reader gets time
+    it = batches(data, prefetch=3)
+    assert [next(it), next(it)] == [0, 1]
+    time.sleep(0.5)
+    # Then it has built at most the prefetch buffer beyond them, not the whole data set
+    # (grain's default reads 500 ahead: 24 GB of QA batches at m = 64)
+    assert 2 <= built[0] <= 2 + 3 + 1, built[0]
+    assert next(it) == 2
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, smollm2):
     # Given an uninterrupted 4-step run and a run stopped after 2 steps then resumed
     _tiny_run(tmp_path, 4, workdir="straight")
