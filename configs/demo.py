@@ -1,8 +1,9 @@
 """The embedded default: fine-tune the shipped pretrained H²MT checkpoint of SmolLM2-135M-Instruct
-(`smollm2-135m-h2mt`: memory pretraining then QA training, see configs/memory_pretrain.py and
-configs/memory_qa.py) on synthetic manuals, and evaluate on held-out manuals before and after:
-answers from memory vectors, from write-token keys/values, from the leaves' stored KV caches and
-from the leaves' text, all over the same route.
+(`smollm2-135m-h2mt`: memory pretraining then QA training with configs/memory_pretrain.py and
+configs/memory_qa.py, bench/results/shipped_checkpoint/recipe.sh) on synthetic manuals, and
+evaluate on held-out manuals before and after: answers from memory vectors, from the memories'
+keys/values (the checkpoint's default), from the leaves' stored KV caches and from the leaves'
+text, all over the same route.
 
     python train.py --config=configs/demo.py
     python train.py --config=configs/demo.py:tiny          # two steps on a tiny random model
@@ -30,7 +31,7 @@ def get_config(arg: str | None = None):
     c.train.warmup = 4
     c.train.trainable = "memory+lora"
     c.train.encode = "full"
-    c.train.read_modes = "memory,memory_kv"
+    c.train.read_modes = "memory_kv,memory,memory_kv,text"  # the checkpoint's QA stage, shorter
     c.train.distill = "kl"
     c.eval.before_training = True
     c.eval.answer_modes = "memory,memory_kv,leaf_kv"

@@ -1,5 +1,8 @@
-"""Stage 2 of the shipped checkpoint `smollm2-135m-h2mt`: question answering from trained memories,
-starting from memory pretraining (`configs/memory_pretrain.py`, stage 1).
+"""Question answering from trained memories (task `h2mt_qa`), starting from memory pretraining
+(`configs/memory_pretrain.py`, stage 1). The QA stages of the shipped checkpoint
+`smollm2-135m-h2mt` are this config with the overrides of
+`bench/results/shipped_checkpoint/recipe.sh` (stage 2 as below; stages 6-8 at 64 mean-pooled
+memories per leaf, denser questions, `memory_kv` and `text` batches, no routing loss).
 
     python train.py --config=configs/memory_pretrain.py                       # stage 1
     python train.py --config=configs/memory_qa.py \
