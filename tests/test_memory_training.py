@@ -350,6 +350,9 @@ def test_shipped_checkpoint_loads_by_name_and_fits_the_backbone(smollm2):
     assert any(float(jnp.abs(ad["b"]).max()) > 0 for ad in h.params["enc_lora"].values())
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     assert size <= 20 * 2 ** 20, size
+    # and an index it builds with its own settings can serve its default answer mode
+    needs_kv = h.config.answer_from in ("memory_kv", "leaf_kv")
+    assert not needs_kv or h.config.kv_store != "none", h.config
     # and a name that is not shipped is left as a path
     assert resolve_checkpoint("runs/x/model") == "runs/x/model"
 

@@ -237,7 +237,7 @@ class H2MTQATask(H2MTTrainable):
             except (FileNotFoundError, FormatError, ValueError, OSError):
                 pass
         index = self.h2mt.build(item.context, fmt=item.fmt, outline=item.outline,
-                                doc_id=item.doc_id)
+                                doc_id=item.doc_id, kv_store="none")  # the loss re-encodes
         if path is not None:
             index.save(path)
         return index

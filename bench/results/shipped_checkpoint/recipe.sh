@@ -57,7 +57,8 @@ $PY bench/mem_tokens_curve.py --m 64 --checkpoint $prev --steps 200 --train-docs
     --read-modes memory_kv,memory,memory_kv,memory_kv,text --eval-docs 8 \
     --runs runs/mem_ship_m64 --out bench/results/mem_ship_m64.json
 prev=runs/mem_ship_m64/m64_kl_s200_memory_kv+memory+memory_kv+memory_kv+text_q64_h16_hp20/model
-# 9. install it, answering from the memories' keys/values by default
+# 9. install it, answering from the memories' keys/values by default (an index keeps the KV
+#    caches that reading needs: kv_store)
 $PY - "$prev" <<'EOF'
 import sys
 
@@ -65,6 +66,6 @@ import h2mt_jax
 from h2mt_jax.hierarchy.h2mt import H2MT
 
 lm = h2mt_jax.load_lm("smollm2-135m-instruct")
-H2MT.load(sys.argv[1], lm).with_config(answer_from="memory_kv").save(
+H2MT.load(sys.argv[1], lm).with_config(answer_from="memory_kv", kv_store="bfloat16").save(
     "h2mt_jax/checkpoints/smollm2-135m-h2mt")
 EOF
