@@ -105,6 +105,19 @@ def test_training_batches_are_read_only_a_few_ahead():
     assert next(it) == 2
 
 
+@pytest.mark.parametrize("prefetch", [0, -1, 2.5, True])
+def test_training_read_ahead_must_be_a_positive_whole_number(prefetch):
+    # Given a data set and a read-ahead of no batches, fewer or a fraction
+    import grain
+
+    from h2mt_jax.train.trainer import batches
+
+    data = grain.MapDataset.range(4)
+    # When the trainer builds its iterator / Then it refuses, naming the setting
+    with pytest.raises(ValueError, match="train.prefetch"):
+        batches(data, prefetch=prefetch)
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, smollm2):
     # Given an uninterrupted 4-step run and a run stopped after 2 steps then resumed
     _tiny_run(tmp_path, 4, workdir="straight")

@@ -84,8 +84,10 @@ def batches(data, prefetch: int = 4):
     m = 64), and 500 of them filled 24 GB before the first step."""
     import grain
 
+    if isinstance(prefetch, bool) or int(prefetch) != prefetch or prefetch < 1:
+        raise ValueError(f"train.prefetch must be a whole number of batches >= 1, got {prefetch!r}")
     return iter(data.to_iter_dataset(grain.ReadOptions(
-        num_threads=1, prefetch_buffer_size=max(1, int(prefetch)))))
+        num_threads=1, prefetch_buffer_size=int(prefetch))))
 
 
 def init_state(task, optimizer, mesh, key):
