@@ -231,6 +231,52 @@ def test_evaluate_contract_resume_and_outputs(tmp_path, smollm2):
     assert len(again["examples"]) == len(res["examples"])
 
 
+def test_evaluate_holds_one_document_at_a_time(tmp_path, smollm2, monkeypatch):
+    # Given four documents (a LongBench record is one document and its question) and methods
+    # that build offline state (a BM25 index; H²MT indexes with leaf KV caches, shared by two
+    # H²MT methods)
+    from h2mt_jax.eval.methods.base import MethodBase
+    from h2mt_jax.eval.runner import run_evaluation
+    from h2mt_jax.hierarchy.h2mt import H2MT
+
+    rows = []
+    for d in range(4):
+        ctx = "".join(f"Passage {p + 1}:\nDocument {d} part {p}. Item {p} weighs {d + p} kg.\n"
+                      for p in range(3))
+        rows.append({"input": f"How much does item {d % 3} weigh?", "context": ctx,
+                     "answers": [f"{d + d % 3}"], "dataset": "hotpotqa", "_id": f"d{d}"})
+    data = tmp_path / "four.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held, builds = [], []
+    prepare, build = MethodBase.prepare, H2MT.build
+
+    def spy_prepare(self, doc_id, *a, **kw):
+        prepare(self, doc_id, *a, **kw)
+        held.append((self.name, sorted(self._cache)))
+
+    def spy_build(self, *a, **kw):
+        builds.append(1)
+        return build(self, *a, **kw)
+
+    monkeypatch.setattr(MethodBase, "prepare", spy_prepare)
+    monkeypatch.setattr(H2MT, "build", spy_build)
+    c = load_config("longbench", "tiny")
+    c.data.path, c.method, c.output = str(data), "rag_bm25,h2mt,h2mt_leaf_kv", str(
+        tmp_path / "o.json")
+    c.eval.max_examples = 0
+    # When they are evaluated
+    res = run_evaluation(c, progress=False)
+    # Then every method answers every question once
+    answered = json.loads((tmp_path / "o.json").read_text())["examples"]
+    assert sorted((e["method"], e["id"]) for e in answered) == sorted(
+        (m, r["_id"]) for m in ("rag_bm25", "h2mt", "h2mt_leaf_kv") for r in rows)
+    assert set(res["summary"]) == {"rag_bm25", "h2mt", "h2mt_leaf_kv"}
+    # and no method ever holds more than one document's state: each is dropped after the
+    # document's last question, and each H²MT index is built once (warm-up included)
+    assert held and max(len(docs) for _, docs in held) == 1
+    assert len(builds) == 4
+
+
 def test_evaluate_bad_inputs(tmp_path, smollm2):
     bad = tmp_path / "bad.jsonl"
     good = {"input": "Who?", "context": "Passage 1:\nA\nAnn wrote it.", "answers": ["Ann"],

@@ -31,6 +31,8 @@ class Method(Protocol):
     def answer(self, doc_id: str, context: str, question: str, template: str,
                max_new_tokens: int, gold_spans=None) -> Prediction: ...
 
+    def release(self, doc_id: str) -> None: ...
+
 
 class MethodBase:
     """Shared pieces: a per-instance cache of offline work and generation with timings."""
@@ -51,6 +53,10 @@ class MethodBase:
 
     def _build(self, context: str, fmt: str | None = None, outline=None):
         return None
+
+    def release(self, doc_id: str) -> None:
+        """Drops `doc_id`'s offline state (built again by the next `prepare`)."""
+        self._cache.pop(doc_id, None)
 
     def _state(self, doc_id: str, context: str):
         self.prepare(doc_id, context)
