@@ -1,7 +1,7 @@
 """Training curves of a run directory's `metrics.jsonl` as a PNG: the training loss (moving average
 over `--window` steps), split by the `mode` / `objective` metrics when the task logs them
 (memory_lm: memory / memory_kv reading, reconstruction / continuation), and the other logged
-losses (h2mt_qa: answer, routing, distillation).
+losses (h2mt_qa: answer, routing, distillation; per reading when the run logs `read_mode`).
 
     python bench/plot_curves.py runs/memory_pretrain bench/results/shipped_checkpoint/stage1.png
 """
@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from h2mt_jax.hierarchy.loss import QA_READ_MODES  # noqa: E402
+from h2mt_jax.hierarchy.memory_loss import READ_MODES  # noqa: E402
 
 
 def series(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
@@ -23,15 +28,17 @@ def series(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
         if r.get("split") != "train":
             continue
         if "objective" in r:  # memory_lm: one (reading, objective) per step
-            label = (f"{('memory', 'memory_kv')[int(r['mode'])]} "
+            label = (f"{READ_MODES[int(r['mode'])]} "
                      f"{('reconstruction', 'continuation')[int(r['objective'])]}")
             out[label][0].append(r["step"])
             out[label][1].append(r["loss"])
             continue
+        # h2mt_qa: with `read_mode` (an index into QA_READ_MODES), each loss per reading
+        tag = f" ({QA_READ_MODES[int(r['read_mode'])]})" if "read_mode" in r else ""
         for k in ("loss", "answer_loss", "route_loss", "distill_loss"):
             if k in r and r[k] is not None:
-                out[k][0].append(r["step"])
-                out[k][1].append(r[k])
+                out[k + tag][0].append(r["step"])
+                out[k + tag][1].append(r[k])
     return dict(out)
 
 

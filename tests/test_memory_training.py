@@ -286,6 +286,11 @@ def test_text_batches_train_the_decoder_on_the_gold_leaves_text(tmp_path):
     want = -np.mean([float(logp[len(prompt) - 1 + j, a]) for j, a in enumerate(answer)])
     np.testing.assert_allclose(float(text_m["answer_loss"]), want, rtol=1e-4)
     assert abs(float(text_m["answer_loss"]) - float(mem_m["answer_loss"])) > 1e-3
+    # and each step's metrics name the reading it trained (the curves split by it)
+    from h2mt_jax.hierarchy.loss import QA_READ_MODES
+
+    assert QA_READ_MODES[int(text_m["read_mode"])] == "text"
+    assert QA_READ_MODES[int(mem_m["read_mode"])] == "memory"
     # and text alone, which trains no memory, is refused
     c.train.read_modes = "text"
     with pytest.raises(ConfigError, match="trains no memory"):

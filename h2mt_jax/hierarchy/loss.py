@@ -165,13 +165,17 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
 
 
 def batch_loss(trainable, backbone_params, graphdef, batch, modes=("memory",), **kw):
-    """Mean loss over a batch (`vmap` of `example_loss`) and mean metrics. With several read
-    `modes`, the batch's `mode[0]` (an index into them) picks one (`jax.lax.switch`)."""
+    """Mean loss over a batch (`vmap` of `example_loss`) and mean metrics, with `read_mode`
+    (the reading's index in `QA_READ_MODES`, so mixed runs' curves split by reading). With
+    several read `modes`, the batch's `mode[0]` (an index into them) picks one
+    (`jax.lax.switch`)."""
     def run(mode):
         def go():
             losses, metrics = jax.vmap(lambda ex: example_loss(
                 trainable, backbone_params, graphdef, ex, mode=mode, **kw))(batch)
-            return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+            metrics = jax.tree.map(jnp.mean, metrics)
+            metrics["read_mode"] = jnp.float32(QA_READ_MODES.index(mode))
+            return jnp.mean(losses), metrics
         return go
 
     if len(modes) == 1:
