@@ -68,7 +68,8 @@ def fact_probe(checkpoint: str, lm, mode: str, pool: str, trainable: str,
     def token_nll(tr, b):
         params = tr["h2mt"]
         encoder, reader = models(tr, task.lm.params, task.lm.graphdef, scale)
-        mem, k, v = encode_write(encoder, params, b["leaf"], b["leaf_len"], task.cfg.mem_pool)
+        mem, k, v = encode_write(encoder, params, b["leaf"], b["leaf_len"], task.cfg.mem_pool,
+                                 task.cfg.mem_layer)
         hidden = read_hidden(reader, params, mode, b["pre"], mem, k, v, reader.embed(b["post"]))
         logp = jax.nn.log_softmax(reader.logits(hidden).astype(jnp.float32), -1)
         lab = b["labels"]

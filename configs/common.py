@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.title_position = "prefix"  # prefix | suffix: the path before or after the leaf text
     c.h2mt.mem_tokens = 1  # m
     c.h2mt.mem_pool = "write"  # write | mean: m write tokens, or m averaged runs of the leaf
+    c.h2mt.mem_layer = -1  # memories from the final states (-1) or the residual after L blocks
     c.h2mt.recall_dim = 256  # d_h of the routing projections
     c.h2mt.leaf_mode = "independent"  # independent | hmt
     c.h2mt.aggregator = "backbone"  # backbone | attention | mean
@@ -115,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     # leaf (memory.resize_write_tokens; mean pooling: m runs); for F1 against m,
     # bench/mem_tokens_curve.py
     c.train.mem_pool = ""  # from a checkpoint: "write" | "mean" replaces its h2mt.mem_pool
+    c.train.mem_layer = ""  # from a checkpoint: a block count ("-1": final) replaces its mem_layer
     c.train.distill_weight = 1.0  # β
     c.train.distill_topk = 32  # kl: the teacher's top-K tokens per position
     c.train.bf16 = False  # run the backbone in bfloat16

@@ -333,3 +333,42 @@ def test_leaf_tokens_keep_the_space_between_sentences(tiny_lm):
     decoded = [tiny_lm.tokenizer.decode(ids) for ids in spec.leaf_tokens]
     assert decoded == [text[slice(*span)] for span in spec.leaf_spans]  # no "rpm.Casis"
     assert len(decoded) > 1 and not any(d.startswith(" ") for d in decoded)
+
+
+def test_memories_from_an_inner_layer(tiny_lm, manual):
+    """mem_layer = L: a leaf's memories are its pooled residual stream after L blocks at unit
+    RMS (0: the input embeddings), the parents' the aggregator's write tokens at the same
+    layer; the KV readings are unchanged; the read map is re-fitted to the new states."""
+    cfg = H2MTConfig(build=BuildConfig(leaf_tokens=48, fanout=4, title_tokens=8), k=2,
+                     mem_tokens=4, mem_pool="mean", kv_store="float32")
+    final = H2MT.create(tiny_lm, cfg)
+    inner = final.with_mem_layer(0)
+    assert inner.config.mem_layer == 0 and final.config.mem_layer == -1
+    leaves = [tiny_lm.tokenizer("The pump runs at a steady speed of nine.",
+                                add_special_tokens=False)["input_ids"]]
+    emb = np.asarray(tiny_lm.params["embedding"].value, np.float64)[leaves[0]]
+    unit = emb / np.sqrt((emb ** 2).mean(-1, keepdims=True) + 1e-6)  # memory.unit_rms
+    n = len(leaves[0])
+    want = np.stack([unit[j * n // 4:(j + 1) * n // 4].mean(0) for j in range(4)])
+    np.testing.assert_allclose(inner._leaf_memories(leaves)[0], want, atol=1e-4)
+    assert not np.allclose(final._leaf_memories(leaves)[0], want, atol=1e-2)
+    # the read map brings the new states to the token-embedding norm, as `create` does
+    read = np.asarray(inner.params["read"])
+    np.testing.assert_allclose(read, np.eye(read.shape[0]) * read[0, 0], atol=1e-6)
+    assert read[0, 0] == pytest.approx(inner._read_scale(), rel=1e-5)
+    assert read[0, 0] != pytest.approx(float(final.params["read"][0, 0]), rel=1e-2)
+    mid = final.with_mem_layer(tiny_lm.config.num_layers - 1)
+    i_final, i_mid = final.build(manual.text, fmt="markdown"), mid.build(manual.text,
+                                                                         fmt="markdown")
+    parents = i_mid.memories[i_mid.padded_ids][i_mid.spec.n_leaves:]  # write positions' states
+    np.testing.assert_allclose(np.linalg.norm(parents, axis=-1),
+                               np.sqrt(parents.shape[-1]), rtol=5e-3)  # eps of unit_rms
+    assert not np.allclose(i_final.memories, i_mid.memories, atol=1e-3)
+    np.testing.assert_allclose(i_final.kv.gather_write([0])[0], i_mid.kv.gather_write([0])[0])
+    q = manual.questions[0].question
+    assert len(mid.answer(i_mid, q, answer_from="memory").leaves) == 2
+    with pytest.raises(ValueError, match="mem_layer=5 but the backbone"):
+        final.with_mem_layer(tiny_lm.config.num_layers + 3)
+    for bad in (-2, True, 1.5):
+        with pytest.raises(ValueError, match="mem_layer must be"):
+            H2MTConfig(mem_layer=bad)

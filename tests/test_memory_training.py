@@ -17,6 +17,7 @@ from configs.memory_pretrain import get_config
 from conftest import tiny_lm_with
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.data import prompts
+from h2mt_jax.errors import ConfigError
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import BuildConfig
@@ -73,12 +74,12 @@ def test_encoder_adapters_change_memories_and_leave_leaf_kv_to_the_reader(lm, ad
     np.testing.assert_allclose(a.kv.gather([0, 1])[0], b.kv.gather([0, 1])[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["write", "mean"])
+@pytest.mark.parametrize("pool,layer", [("write", -1), ("mean", -1), ("mean", 1)])
 @pytest.mark.parametrize("mode", ["memory", "memory_kv"])
-def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool):
-    # Given an index (memories from write tokens or mean-pooled runs) and a question over two
-    # of its leaves
-    adapted = adapted.with_config(mem_pool=pool)
+def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool, layer):
+    # Given an index (memories from write tokens or mean-pooled runs, of the final states or
+    # of an inner layer) and a question over two of its leaves
+    adapted = adapted.with_config(mem_pool=pool).with_mem_layer(layer)
     index = adapted.build(generate_manual(2, chapters=1).text)
     leaves = [0, 2]
     tok = lm.tokenizer
@@ -106,7 +107,7 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool)
         ids = index.spec.leaf_tokens[i]
         toks[r, :len(ids)], lens[r] = ids, len(ids)
     mem, keys, values = encode_write(enc, adapted.params, jnp.asarray(toks), jnp.asarray(lens),
-                                     pool)
+                                     pool, layer)
     seq = np.asarray(pre + [0] * (2 * m) + post, np.int32)
     reader = nnx.merge(lm.graphdef, merge_lora(lm.params, adapted.lora, adapted.lora_scale))
     hidden = _answer_hidden(reader, adapted.params, mode, jnp.asarray(seq),
@@ -390,7 +391,15 @@ def test_memory_pretraining_from_a_checkpoint_takes_m_and_pooling(tmp_path, lm, 
         np.testing.assert_array_equal(got, saved)
     c.train.mem_tokens, c.train.mem_pool = 0, ""
     task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
-    assert (task.cfg.mem_tokens, task.cfg.mem_pool) == (3, "write")
+    assert (task.cfg.mem_tokens, task.cfg.mem_pool, task.cfg.mem_layer) == (3, "write", -1)
+    # train.mem_layer takes the memories from an inner layer, the read map re-fitted to them
+    c.train.mem_layer = "1"
+    task = MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
+    assert task.cfg.mem_layer == 1
+    assert not np.allclose(task.h2mt.params["read"], adapted.params["read"])
+    c.train.mem_layer = "top"
+    with pytest.raises(ConfigError, match="train.mem_layer must be a whole number"):
+        MemoryLMTask(c, lm=lm, progress=False, documents=(docs, []))
 
 
 def test_config_overrides_apply_over_a_checkpoint_only_when_set():

@@ -132,13 +132,15 @@ class Llama(nnx.Module):
         return out.astype(jnp.float32)
 
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"] | None = None,
-                 cache: KVCache | None = None) -> tuple[Float[Array, "b t d"], list]:
+                 cache: KVCache | None = None, residual_at: int | None = None):
         """Runs the blocks over input embeddings.
 
         Without `cache`: causal self-attention over the `t` tokens (positions default to 0..t-1);
         returns final-norm hidden states and each layer's `(k, v)` `[b, t, K, Dh]`.
         With `cache`: the tokens are written at slots `cache.lengths[b] + i` and attend to the
         cache; returns hidden states and the updated per-layer `(keys_t, values)`.
+        With `residual_at` = L (0..num_layers), also returns, third, the residual stream after
+        the first L blocks `[b, t, d]` (0: the input embeddings; no norm applied).
         """
         b, t, _ = x.shape
         start = None
@@ -152,8 +154,15 @@ class Llama(nnx.Module):
             cos, sin = rope_tables(inv_freq, positions)
         x = x.astype(self.dtype)
         kvs = []
+        if residual_at is not None and not 0 <= residual_at <= len(self.layers):
+            raise ValueError(f"residual_at must be in 0..{len(self.layers)}, got {residual_at}")
+        residual = x
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x, kv = layer(x, cos, sin, layer_cache, positions, start)
             kvs.append(kv)
-        return self.norm(x), kvs
+            if residual_at == i + 1:
+                residual = x
+        if residual_at is None:
+            return self.norm(x), kvs
+        return self.norm(x), kvs, residual

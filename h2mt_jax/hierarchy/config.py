@@ -80,6 +80,11 @@ class H2MTConfig:
     go first to leaves of sections (heading paths) not yet read (`hops.pick_leaves`).
     mem_pool: how a leaf's `m` memories are made (`memory.leaf_pass`): "write" (`m` learned
     write tokens after the leaf) or "mean" (the leaf's tokens in `m` runs, each averaged).
+    mem_layer: the encoder states a memory is taken from (`memory.memory_states`): -1 the
+    final-norm hidden states, L >= 0 the residual stream after the first L blocks scaled to
+    unit RMS (0: the input embeddings). Either way the memory is one vector per slot, read by
+    the answer pass as an input embedding through `read`; the `memory_kv` reading (every
+    layer's keys and values of the same slots) does not depend on it.
     enc_lora_rank: rank of the encoder's LoRA adapters (`params["enc_lora"]`, merged into the
     backbone for the leaf and parent passes only; 0: the memory passes run the frozen backbone);
     the answer pass's (decoder) adapters are `H2MT.lora`."""
@@ -87,6 +92,7 @@ class H2MTConfig:
     build: BuildConfig = BuildConfig()
     mem_tokens: int = 1
     mem_pool: str = "write"
+    mem_layer: int = -1
     recall_dim: int = 256
     leaf_mode: str = "independent"
     aggregator: str = "backbone"
@@ -133,6 +139,10 @@ class H2MTConfig:
                                      ("hop_gate_score", self.hop_gate_score, HOP_GATES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not isinstance(self.mem_layer, int) or isinstance(self.mem_layer, bool) or \
+                self.mem_layer < -1:
+            raise ValueError(f"mem_layer must be -1 (final hidden states) or a block count >= 0, "
+                             f"got {self.mem_layer!r}")
         if self.enc_lora_rank < 0:
             raise ValueError(f"enc_lora_rank must be >= 0, got {self.enc_lora_rank}")
         if self.mem_tokens > self.build.leaf_tokens:
@@ -156,6 +166,8 @@ class H2MTConfig:
                                  "mix leaves, so no per-leaf KV cache exists")
             if self.mem_tokens != 1:
                 raise ValueError("leaf_mode='hmt' produces one memory per leaf: use mem_tokens=1")
+            if self.mem_layer != -1:
+                raise ValueError("leaf_mode='hmt' memories are the cell's: use mem_layer=-1")
             if self.hmt is None:
                 leaf = self.build.leaf_len
                 object.__setattr__(self, "hmt", HMTConfig(

@@ -101,6 +101,9 @@ class H2MT:
 
     def __init__(self, lm: LM, config: H2MTConfig, params: H2MTParams, lora=None,
                  lora_scale: float = 1.0, hop_gate: dict | None = None):
+        if config.mem_layer > lm.config.num_layers:
+            raise ValueError(f"mem_layer={config.mem_layer} but the backbone {lm.name!r} has "
+                             f"{lm.config.num_layers} blocks")
         self.lm, self.config, self.params = lm, config, params
         self.lora, self.lora_scale = lora, float(lora_scale)
         self.hop_gate = hop_gate  # {"w": [d_embedder], "b": [1]}: train/hop_gate.py
@@ -128,16 +131,31 @@ class H2MT:
     def create(cls, lm: LM, config: H2MTConfig = H2MTConfig(), seed: int = 0) -> "H2MT":
         """Fresh parameters; the read projection is scaled so that a memory vector has the
         mean norm of a token embedding (measured on a probe sentence)."""
-        emb = lm.params["embedding"].value
-        std = float(jnp.std(emb))
+        std = float(jnp.std(lm.params["embedding"].value))
         h = cls(lm, config, init_params(lm.config.hidden_size, std, config,
                                         jax.random.PRNGKey(seed), lm.params))
+        h.params = {**h.params, "read": h.params["read"] * h._read_scale()}
+        return h
+
+    def _read_scale(self) -> float:
+        """The mean norm of a token embedding over that of a memory (of a probe sentence)."""
+        lm = self.lm
+        emb = lm.params["embedding"].value
         probe = lm.tokenizer("The pump runs at a steady speed.", add_special_tokens=False)[
             "input_ids"] if lm.tokenizer is not None else [1, 2, 3]
-        mem = h._leaf_memories([probe])
-        scale = float(jnp.mean(jnp.linalg.norm(emb, axis=-1))) / max(
+        mem = self._leaf_memories([probe])
+        return float(jnp.mean(jnp.linalg.norm(emb, axis=-1))) / max(
             float(np.linalg.norm(mem, axis=-1).mean()), 1e-6)
-        h.params = {**h.params, "read": h.params["read"] * scale}
+
+    def with_mem_layer(self, layer: int) -> "H2MT":
+        """The same H2MT with memories taken from the encoder states `layer`
+        (`H2MTConfig.mem_layer`) and `read` reset to the identity scaled as by `create` (the
+        trained read map was fitted to other states). Indexes built before do not fit it."""
+        if layer == self.config.mem_layer:
+            return self
+        h = self.with_config(mem_layer=layer)
+        eye = jnp.eye(self.lm.config.hidden_size, dtype=jnp.float32)
+        h.params = {**h.params, "read": eye * h._read_scale()}
         return h
 
     @property
@@ -171,7 +189,8 @@ class H2MT:
         mem[:spec.n_leaves], kv = self._leaf_pass(spec.leaf_tokens, kv_store, progress)
         t3 = time.perf_counter()
         mem = np.asarray(sweep(self.lm.graphdef, self.lm.params, self.params, tree,
-                               jnp.asarray(mem), tree.level_nodes, kind=cfg.aggregator))
+                               jnp.asarray(mem), tree.level_nodes, kind=cfg.aggregator,
+                               layer=cfg.mem_layer))
         t4 = time.perf_counter()
         tokens = sum(len(t) for t in spec.leaf_tokens)
         index = Index(text, spec, tree, mem, cfg.build, doc_id, {
@@ -247,7 +266,8 @@ class H2MT:
                 levels[h - 1, fill[h]] = pid[i]
                 fill[h] += 1
         mem = np.asarray(sweep(self.lm.graphdef, self.lm.params, self.params, tree,
-                               jnp.asarray(mem), jnp.asarray(levels), kind=self.config.aggregator))
+                               jnp.asarray(mem), jnp.asarray(levels), kind=self.config.aggregator,
+                               layer=self.config.mem_layer))
         timings = dict(index.timings, append_s=time.perf_counter() - t0,
                        recomputed_nodes=len(dirty))
         grown = Index(index.text + sep + add, spec, tree, mem, index.build, index.doc_id, timings,

@@ -114,7 +114,7 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
     elif encode == "full" or mode == "memory_kv":
         encoder = nnx.merge(graphdef, encoder_params(base, params))
         chosen, keys, values = jax.checkpoint(
-            lambda t, n: encode_write(encoder, params, t, n, cfg.mem_pool))(
+            lambda t, n: encode_write(encoder, params, t, n, cfg.mem_pool, cfg.mem_layer))(
             tree.leaf_tokens[sel], tree.leaf_lengths[sel])
         if encode != "full":
             chosen, keys, values = jax.lax.stop_gradient((chosen, keys, values))

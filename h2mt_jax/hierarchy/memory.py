@@ -91,8 +91,24 @@ def read_memories(params: H2MTParams, mem: Float[Array, "... d"]) -> Float[Array
     return mem @ params["read"] if "read" in params else mem
 
 
-def _hidden(model, embeds):
-    return model(embeds)[0]
+def unit_rms(x: Float[Array, "... d"], eps: float = 1e-6) -> Float[Array, "... d"]:
+    """`x` scaled to unit root-mean-square per vector (a norm with no learned scale)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def memory_states(model, embeds: Float[Array, "b t d"], layer: int = -1):
+    """The backbone over `embeds` -> (the states memories are read from `[b, t, d]`, each
+    layer's `(k, v)`): with `layer` = -1 the final-norm hidden states, else the residual stream
+    after the first `layer` blocks scaled to unit RMS (`H2MTConfig.mem_layer`)."""
+    if layer == -1:
+        return model(embeds)
+    _, kvs, residual = model(embeds, residual_at=layer)
+    return unit_rms(residual), kvs
+
+
+def _hidden(model, embeds, layer: int = -1):
+    return memory_states(model, embeds, layer)[0]
 
 
 def with_write_tokens(x: Float[Array, "b t d"], n: Int[Array, "b"], write: Float[Array, "m d"]):
@@ -112,9 +128,10 @@ def _read_write_tokens(h: Float[Array, "b t d"], n: Int[Array, "b"], m: int):
     return jnp.take_along_axis(h, idx[..., None], axis=1).astype(jnp.float32)  # [b, m, d]
 
 
-def encode_with_write_tokens(model, x, n, write):
-    """Backbone over `x` with write tokens after `n[b]` real positions -> `[b, m, d]`."""
-    h = _hidden(model, with_write_tokens(x, n, write))
+def encode_with_write_tokens(model, x, n, write, layer: int = -1):
+    """Backbone over `x` with write tokens after `n[b]` real positions -> `[b, m, d]`, the
+    write positions' states (`memory_states` of `layer`)."""
+    h = _hidden(model, with_write_tokens(x, n, write), layer)
     return _read_write_tokens(h, n, write.shape[0])
 
 
@@ -132,12 +149,14 @@ def pool_weights(lengths: Int[Array, "b"], t: int, m: int) -> Float[Array, "b m 
 
 
 def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int[Array, "b"],
-              pool: str = "write"):
+              pool: str = "write", layer: int = -1):
     """The encoder pass over leaves (`model`: the backbone with the encoder adapters merged) ->
     (memories `[b, m, d]`, their keys before RoPE and values `[layers, b, m, kv_heads,
     head_dim]`, the leaf tokens' own keys and values `[layers, b, t, kv_heads, head_dim]`), all
     float32. `pool` (`MEM_POOLS`): "write" reads the `m` write tokens placed after each leaf's
-    `lengths[b]` tokens; "mean" averages `m` runs of the leaf's own tokens (`pool_weights`)."""
+    `lengths[b]` tokens; "mean" averages `m` runs of the leaf's own tokens (`pool_weights`).
+    `layer` (`H2MTConfig.mem_layer`): the states memories are read from (`memory_states`); the
+    keys and values are every layer's either way."""
     if pool not in MEM_POOLS:
         raise ValueError(f"mem_pool must be one of {MEM_POOLS}, got {pool!r}")
     write = params["leaf_write"]
@@ -146,7 +165,7 @@ def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int
     x = model.embed(tokens)
     if pool == "write":
         x = with_write_tokens(x, lengths, write)
-    h, kvs = model(x)
+    h, kvs = memory_states(model, x, layer)
     positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
     keys = jnp.stack([unrope(k, positions, model.cfg) for k, _ in kvs]).astype(jnp.float32)
     values = jnp.stack([v for _, v in kvs]).astype(jnp.float32)
@@ -164,19 +183,19 @@ def leaf_pass(model, params: H2MTParams, tokens: Int[Array, "b t"], lengths: Int
     return (mem.astype(jnp.float32), mem_k, mem_v, keys[:, :, :t], values[:, :, :t])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
-def _encode_leaves(graphdef, bparams, params, tokens, lengths, pool="write"):
+@functools.partial(jax.jit, static_argnames=("graphdef", "pool", "layer"))
+def _encode_leaves(graphdef, bparams, params, tokens, lengths, pool="write", layer=-1):
     """The leaves' memories `[b, m, d]` (`leaf_pass`; the unused keys/values are traced away)."""
     model = nnx.merge(graphdef, encoder_params(bparams, params))
-    return leaf_pass(model, params, tokens, lengths, pool)[0]
+    return leaf_pass(model, params, tokens, lengths, pool, layer)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
-def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths, pool="write"):
+@functools.partial(jax.jit, static_argnames=("graphdef", "pool", "layer"))
+def _encode_leaves_kv(graphdef, bparams, params, tokens, lengths, pool="write", layer=-1):
     """`_encode_leaves` plus the same pass's keys (before RoPE) and values, float32: the
     memories' `[layers, b, m, kv_heads, head_dim]` and the leaf tokens' `[layers, b, t, ...]`."""
     model = nnx.merge(graphdef, encoder_params(bparams, params))
-    return leaf_pass(model, params, tokens, lengths, pool)
+    return leaf_pass(model, params, tokens, lengths, pool, layer)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -261,7 +280,8 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
             ln = np.concatenate([ln, np.zeros((pad,), ln.dtype)])
         if with_kv:
             res, keys, values, lk, lv = _encode_leaves_kv(
-                graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln), pool=cfg.mem_pool)
+                graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln), pool=cfg.mem_pool,
+                layer=cfg.mem_layer)
             keys, values = np.asarray(keys), np.asarray(values)
             lk, lv = np.asarray(lk), np.asarray(lv)
             if kv_params is not None or len(kv_prefix):
@@ -274,7 +294,7 @@ def leaf_memories(graphdef, bparams, params: H2MTParams, cfg: H2MTConfig,
                 kv.write_k[j], kv.write_v[j] = keys[:, r], values[:, r]
         else:
             res = _encode_leaves(graphdef, bparams, params, jnp.asarray(t), jnp.asarray(ln),
-                                 pool=cfg.mem_pool)
+                                 pool=cfg.mem_pool, layer=cfg.mem_layer)
         outs.append(np.asarray(res)[:lb - pad])
     out = np.empty((n,) + outs[0].shape[1:], np.float32)
     out[order] = np.concatenate(outs, axis=0)
@@ -303,8 +323,9 @@ def leaf_batch_sizes(n: int, max_batch: int) -> list[int]:
 
 
 def aggregate(model, params: H2MTParams, kind: str, child_mem: Float[Array, "w c m d"],
-              mask: Bool[Array, "w c"]) -> Float[Array, "w m d"]:
-    """A parent's memory from its (masked) children's memories."""
+              mask: Bool[Array, "w c"], layer: int = -1) -> Float[Array, "w m d"]:
+    """A parent's memory from its (masked) children's memories (`layer`: for the "backbone"
+    aggregator, the states its write tokens are read from, as for leaves)."""
     w, c, m, d = child_mem.shape
     if kind == "mean":
         wgt = mask.astype(jnp.float32)[..., None, None]
@@ -319,14 +340,16 @@ def aggregate(model, params: H2MTParams, kind: str, child_mem: Float[Array, "w c
         return jnp.einsum("wmj,wjd->wmd", jnp.nan_to_num(probs), flat)
     # backbone: valid children are packed first (they already are: children fill slots in order)
     n = mask.sum(1).astype(jnp.int32) * m
-    return encode_with_write_tokens(model, flat.astype(model.dtype), n, params["agg_write"])
+    return encode_with_write_tokens(model, flat.astype(model.dtype), n, params["agg_write"],
+                                    layer)
 
 
 def sweep_memories(model, params: H2MTParams, kind: str, tree: Tree,
-                   mem: Float[Array, "n m d"], level_nodes: Int[Array, "h w"] | None = None
-                   ) -> Float[Array, "n m d"]:
+                   mem: Float[Array, "n m d"], level_nodes: Int[Array, "h w"] | None = None,
+                   layer: int = -1) -> Float[Array, "n m d"]:
     """Fills internal nodes' memories height by height (`level_nodes[h]`: the nodes of height
-    h+1 to compute; -1 entries are skipped). Leaf rows of `mem` must already be set."""
+    h+1 to compute; -1 entries are skipped). Leaf rows of `mem` must already be set. `layer`:
+    `H2MTConfig.mem_layer`."""
     level_nodes = tree.level_nodes if level_nodes is None else level_nodes
     n_nodes = mem.shape[0]
 
@@ -335,7 +358,7 @@ def sweep_memories(model, params: H2MTParams, kind: str, tree: Tree,
         safe = jnp.where(valid, idx, 0)
         ch = tree.children[safe]  # [w, c]
         cmask = tree.child_mask[safe] & valid[:, None]
-        new = aggregate(model, params, kind, mem[jnp.maximum(ch, 0)], cmask)
+        new = aggregate(model, params, kind, mem[jnp.maximum(ch, 0)], cmask, layer)
         target = jnp.where(valid, idx, n_nodes)  # out of range: dropped
         return mem.at[target].set(new.astype(mem.dtype), mode="drop"), None
 
@@ -343,15 +366,15 @@ def sweep_memories(model, params: H2MTParams, kind: str, tree: Tree,
     return mem
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
-def _sweep_level(graphdef, bparams, params, tree: Tree, mem, idx, kind: str):
+@functools.partial(jax.jit, static_argnames=("graphdef", "kind", "layer"))
+def _sweep_level(graphdef, bparams, params, tree: Tree, mem, idx, kind: str, layer: int = -1):
     """`sweep_memories` over one batch of same-height nodes `idx` `[w]` (-1: skipped)."""
     return sweep_memories(nnx.merge(graphdef, encoder_params(bparams, params)), params, kind,
-                          tree, mem, idx[None])
+                          tree, mem, idx[None], layer)
 
 
 def sweep(graphdef, bparams, params, tree: Tree, mem: Float[Array, "n m d"],
-          level_nodes: Int[Array, "h w"], kind: str, max_batch: int = 32
+          level_nodes: Int[Array, "h w"], kind: str, max_batch: int = 32, layer: int = -1
           ) -> Float[Array, "n m d"]:
     """`sweep_memories` with the backbone with the encoder adapters (`encoder_params`), height
     by height, each height's nodes (`level_nodes[h]`, -1 skipped) in jitted batches of
@@ -367,5 +390,6 @@ def sweep(graphdef, bparams, params, tree: Tree, mem: Float[Array, "n m d"],
             idx = np.full((size,), -1, np.int32)
             idx[:min(size, len(todo))] = todo[:size]
             todo = todo[size:]
-            mem = _sweep_level(graphdef, bparams, params, tree, mem, jnp.asarray(idx), kind=kind)
+            mem = _sweep_level(graphdef, bparams, params, tree, mem, jnp.asarray(idx), kind=kind,
+                               layer=layer)
     return mem

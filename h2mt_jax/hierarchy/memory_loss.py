@@ -36,11 +36,12 @@ READ_MODES = ("memory", "memory_kv")
 
 
 def encode_write(model, params, tokens: Int[Array, "b t"], lengths: Int[Array, "b"],
-                 pool: str = "write"):
-    """The encoder pass over leaves (`memory.leaf_pass`, `pool` = `H2MTConfig.mem_pool`):
+                 pool: str = "write", layer: int = -1):
+    """The encoder pass over leaves (`memory.leaf_pass`, `pool` = `H2MTConfig.mem_pool`,
+    `layer` = `H2MTConfig.mem_layer`):
     memories `[b, m, d]` and their keys (before RoPE) and values
     `[layers, b, m, kv_heads, head_dim]`, float32."""
-    return leaf_pass(model, params, tokens, lengths, pool)[:3]
+    return leaf_pass(model, params, tokens, lengths, pool, layer)[:3]
 
 
 def read_hidden(model, params, mode: str, pre: Int[Array, "b p"], mem: Float[Array, "b n d"],
@@ -87,12 +88,14 @@ def models(trainable: dict, backbone_params, graphdef, lora_scale: float):
 
 
 def pretrain_loss(trainable: dict, backbone_params, graphdef, batch: dict, *,
-                  lora_scale: float, pool: str = "write"):
+                  lora_scale: float, pool: str = "write", layer: int = -1):
     """(mean NLL per labelled token, metrics) of a pretraining batch; the batch's `mode[0]`
-    picks the reading (`jax.lax.cond`: one reader pass per step); `pool`: `H2MTConfig.mem_pool`."""
+    picks the reading (`jax.lax.cond`: one reader pass per step); `pool`, `layer`:
+    `H2MTConfig.mem_pool`, `H2MTConfig.mem_layer`."""
     params = trainable["h2mt"]
     encoder, reader = models(trainable, backbone_params, graphdef, lora_scale)
-    mem, keys, values = encode_write(encoder, params, batch["leaf"], batch["leaf_len"], pool)
+    mem, keys, values = encode_write(encoder, params, batch["leaf"], batch["leaf_len"], pool,
+                                     layer)
     post = reader.embed(batch["post"])
 
     def nll(mode):

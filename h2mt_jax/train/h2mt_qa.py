@@ -35,7 +35,7 @@ from h2mt_jax.hierarchy.tree import Tree, pad_tree, padded_ids
 from h2mt_jax.io import FormatError, read_meta, write_meta
 from h2mt_jax.lm import backbone_from_config
 from h2mt_jax.shapes import bucket
-from h2mt_jax.train.trainable import H2MTTrainable, lora_scale
+from h2mt_jax.train.trainable import H2MTTrainable, lora_scale, memory_overrides
 
 INDEX_CACHE_FORMAT = "h2mt_jax.train_indexes/1"
 ANSWER_METHODS = {"memory": "h2mt", "memory_kv": "h2mt_memory_kv", "leaf_kv": "h2mt_leaf_kv"}
@@ -174,12 +174,8 @@ class H2MTQATask(H2MTTrainable):
         self.config, self.progress = config, progress
         self.lm = lm or backbone_from_config(config)
         if config.checkpoint:  # the config's explicit routing/answer settings apply over it
-            self.h2mt = H2MT.load(config.checkpoint, self.lm).with_config(
-                **explicit_overrides(config.h2mt))
-            if config.train.get("mem_tokens", 0):  # F1 against m from one checkpoint
-                self.h2mt = self.h2mt.with_mem_tokens(int(config.train.mem_tokens))
-            if config.train.get("mem_pool", ""):  # the same encoder, pooled another way
-                self.h2mt = self.h2mt.with_config(mem_pool=str(config.train.mem_pool))
+            self.h2mt = memory_overrides(H2MT.load(config.checkpoint, self.lm).with_config(
+                **explicit_overrides(config.h2mt)), config.train)
         else:
             self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
                                     seed=config.seed)

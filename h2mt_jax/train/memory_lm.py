@@ -33,7 +33,7 @@ from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
 from h2mt_jax.hierarchy.memory_loss import READ_MODES, pretrain_loss
 from h2mt_jax.lm import backbone_from_config
-from h2mt_jax.train.trainable import H2MTTrainable, lora_scale
+from h2mt_jax.train.trainable import H2MTTrainable, lora_scale, memory_overrides
 
 SOURCES = ("wikitext", "synthetic", "hotpotqa")
 PRE = "Text:"
@@ -89,11 +89,7 @@ class MemoryLMTask(H2MTTrainable):
         self.config, self.progress = config, progress
         self.lm = lm or backbone_from_config(config)
         if config.checkpoint:
-            self.h2mt = H2MT.load(config.checkpoint, self.lm)
-            if config.train.get("mem_tokens", 0):  # m memories per leaf instead of the saved m
-                self.h2mt = self.h2mt.with_mem_tokens(int(config.train.mem_tokens))
-            if config.train.get("mem_pool", ""):  # the same encoder, pooled another way
-                self.h2mt = self.h2mt.with_config(mem_pool=str(config.train.mem_pool))
+            self.h2mt = memory_overrides(H2MT.load(config.checkpoint, self.lm), config.train)
         else:
             self.h2mt = H2MT.create(self.lm, H2MTConfig.from_config(config.h2mt),
                                     seed=config.seed)
@@ -172,7 +168,8 @@ class MemoryLMTask(H2MTTrainable):
     # -- model ------------------------------------------------------------------------------------
     def loss(self, trainable, frozen, batch):
         return pretrain_loss(trainable, frozen, self.lm.graphdef, batch,
-                             lora_scale=lora_scale(self.config.train), pool=self.cfg.mem_pool)
+                             lora_scale=lora_scale(self.config.train), pool=self.cfg.mem_pool,
+                             layer=self.cfg.mem_layer)
 
     def evaluate(self, trainable, items=None) -> dict:
         """Mean NLL per target token of the held-out leaves for every (reading, objective):

@@ -32,6 +32,26 @@ def init_trainable(params_tree: dict, lm, t, key, lora=None) -> dict:
     return out
 
 
+def memory_overrides(h2mt, t):
+    """A loaded checkpoint's H2MT with the memory settings of a config's `train` section put
+    over it: `mem_tokens` > 0 (m memories per leaf, `H2MT.with_mem_tokens`), `mem_pool`
+    ("write" | "mean": the same encoder, pooled another way) and `mem_layer` (a block count as
+    text, "-1": final states; `H2MT.with_mem_layer`). Empty or 0 keeps the checkpoint's."""
+    if t.get("mem_tokens", 0):
+        h2mt = h2mt.with_mem_tokens(int(t.mem_tokens))
+    if t.get("mem_pool", ""):
+        h2mt = h2mt.with_config(mem_pool=str(t.mem_pool))
+    layer = str(t.get("mem_layer", "")).strip()
+    if layer:
+        try:
+            value = int(layer)
+        except ValueError:
+            raise ConfigError(f"train.mem_layer must be a whole number (-1: final states), got "
+                              f"{layer!r}") from None
+        h2mt = h2mt.with_mem_layer(value)
+    return h2mt
+
+
 class H2MTTrainable:
     """What the H²MT tasks (`h2mt_qa`, `memory_lm`) share: the trainable pytree from their
     `h2mt` (a loaded checkpoint's decoder adapters carried over), the frozen backbone, the H2MT
