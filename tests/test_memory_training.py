@@ -89,6 +89,13 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool,
     if mode == "memory_kv":
         k, v = index.kv.gather_write(leaves)
         want = _segment_logits(alm, pre, k, v, post)
+    elif layer >= 1:  # the memory slots' keys/values from the pass that injects them
+        from h2mt_jax.hierarchy.memory import memory_segment
+
+        mem = index.node_memories(leaves).reshape(-1, index.memories.shape[-1])
+        k, v = memory_segment(alm.graphdef, alm.params, adapted.params,
+                              jnp.asarray(pre, jnp.int32), jnp.asarray(mem), layer=layer)
+        want = _segment_logits(alm, pre, np.asarray(k), np.asarray(v), post)
     else:
         from h2mt_jax.hierarchy.memory import read_memories
 
@@ -112,7 +119,7 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool,
     reader = nnx.merge(lm.graphdef, merge_lora(lm.params, adapted.lora, adapted.lora_scale))
     hidden = _answer_hidden(reader, adapted.params, mode, jnp.asarray(seq),
                             jnp.asarray(seq[:len(pre) + 3]), jnp.int32(len(pre)), 2 * m,
-                            mem, keys, values)
+                            mem, keys, values, layer)
     got = np.asarray(reader.logits(hidden))[len(seq) - 1]
     # Then both give the same next-token logits
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)

@@ -132,7 +132,8 @@ class Llama(nnx.Module):
         return out.astype(jnp.float32)
 
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"] | None = None,
-                 cache: KVCache | None = None, residual_at: int | None = None):
+                 cache: KVCache | None = None, residual_at: int | None = None,
+                 inject: tuple | None = None):
         """Runs the blocks over input embeddings.
 
         Without `cache`: causal self-attention over the `t` tokens (positions default to 0..t-1);
@@ -141,6 +142,9 @@ class Llama(nnx.Module):
         cache; returns hidden states and the updated per-layer `(keys_t, values)`.
         With `residual_at` = L (0..num_layers), also returns, third, the residual stream after
         the first L blocks `[b, t, d]` (0: the input embeddings; no norm applied).
+        With `inject` = (L, mask `[b, t]`, states `[b, t, d]`), 1 <= L < num_layers: before
+        block L the residual stream of the masked positions is replaced by `states` (how the
+        `memory` reading puts inner-layer memories into the answer pass, `H2MTConfig.mem_layer`).
         """
         b, t, _ = x.shape
         start = None
@@ -156,8 +160,13 @@ class Llama(nnx.Module):
         kvs = []
         if residual_at is not None and not 0 <= residual_at <= len(self.layers):
             raise ValueError(f"residual_at must be in 0..{len(self.layers)}, got {residual_at}")
+        if inject is not None and not 1 <= inject[0] < len(self.layers):
+            raise ValueError(f"inject's block must be in 1..{len(self.layers) - 1}, got "
+                             f"{inject[0]}")
         residual = x
         for i, layer in enumerate(self.layers):
+            if inject is not None and i == inject[0]:
+                x = jnp.where(inject[1][..., None], inject[2].astype(x.dtype), x)
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x, kv = layer(x, cos, sin, layer_cache, positions, start)
             kvs.append(kv)

@@ -28,8 +28,8 @@ from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin, p
                                      second_hop_query)
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
-from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, read_memories,
-                                       resize_write_tokens, sweep)
+from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, memory_segment,
+                                       read_memories, resize_write_tokens, sweep)
 from h2mt_jax.hierarchy.node_scores import (bm25_scores, bm25_sentence_scores,
                                            dense_sentence_scores, fuse_scores, leaf_sentences,
                                            leaf_texts, node_vectors)
@@ -101,9 +101,10 @@ class H2MT:
 
     def __init__(self, lm: LM, config: H2MTConfig, params: H2MTParams, lora=None,
                  lora_scale: float = 1.0, hop_gate: dict | None = None):
-        if config.mem_layer > lm.config.num_layers:
+        if config.mem_layer >= lm.config.num_layers:
             raise ValueError(f"mem_layer={config.mem_layer} but the backbone {lm.name!r} has "
-                             f"{lm.config.num_layers} blocks")
+                             f"{lm.config.num_layers} blocks (at most {lm.config.num_layers - 1}"
+                             ": the answer pass reads the memories from that block on)")
         self.lm, self.config, self.params = lm, config, params
         self.lora, self.lora_scale = lora, float(lora_scale)
         self.hop_gate = hop_gate  # {"w": [d_embedder], "b": [1]}: train/hop_gate.py
@@ -135,27 +136,47 @@ class H2MT:
         h = cls(lm, config, init_params(lm.config.hidden_size, std, config,
                                         jax.random.PRNGKey(seed), lm.params))
         h.params = {**h.params, "read": h.params["read"] * h._read_scale()}
+        if config.mem_layer >= 1:
+            h.params["inject"] = h._inject_init()
         return h
+
+    def _probe_ids(self) -> list[int]:
+        tok = self.lm.tokenizer
+        return (tok("The pump runs at a steady speed.", add_special_tokens=False)["input_ids"]
+                if tok is not None else [1, 2, 3])
 
     def _read_scale(self) -> float:
         """The mean norm of a token embedding over that of a memory (of a probe sentence)."""
-        lm = self.lm
-        emb = lm.params["embedding"].value
-        probe = lm.tokenizer("The pump runs at a steady speed.", add_special_tokens=False)[
-            "input_ids"] if lm.tokenizer is not None else [1, 2, 3]
-        mem = self._leaf_memories([probe])
+        emb = self.lm.params["embedding"].value
+        mem = self._leaf_memories([self._probe_ids()])
         return float(jnp.mean(jnp.linalg.norm(emb, axis=-1))) / max(
             float(np.linalg.norm(mem, axis=-1).mean()), 1e-6)
 
+    def _inject_init(self) -> jnp.ndarray:
+        """`inject` `[d, d]` for `config.mem_layer` = L >= 1: the identity times the root mean
+        square of the answer pass's residual stream after L blocks (probe sentence, its first
+        token left out: it carries the attention sink's outsized states), so a unit-RMS memory
+        enters at the scale of the text's own states there."""
+        model = self.answer_lm.model
+        ids = jnp.asarray([self._probe_ids()], jnp.int32)
+        res = np.asarray(model(model.embed(ids), residual_at=self.config.mem_layer)[2],
+                         np.float32)[0, 1:]
+        rms = float(np.sqrt((res ** 2).mean(-1)).mean()) if len(res) else 1.0
+        return jnp.eye(self.lm.config.hidden_size, dtype=jnp.float32) * rms
+
     def with_mem_layer(self, layer: int) -> "H2MT":
         """The same H2MT with memories taken from the encoder states `layer`
-        (`H2MTConfig.mem_layer`) and `read` reset to the identity scaled as by `create` (the
-        trained read map was fitted to other states). Indexes built before do not fit it."""
+        (`H2MTConfig.mem_layer`), `read` reset to the identity scaled as by `create` (the
+        trained read map was fitted to other states) and, for `layer` >= 1, a fresh `inject`
+        (`_inject_init`). Indexes built before do not fit it."""
         if layer == self.config.mem_layer:
             return self
         h = self.with_config(mem_layer=layer)
         eye = jnp.eye(self.lm.config.hidden_size, dtype=jnp.float32)
-        h.params = {**h.params, "read": eye * h._read_scale()}
+        h.params = {k: v for k, v in h.params.items() if k != "inject"}
+        h.params["read"] = eye * h._read_scale()
+        if layer >= 1:
+            h.params["inject"] = h._inject_init()
         return h
 
     @property
@@ -515,10 +536,18 @@ class H2MT:
             pre, post = prompts.split_prompt(tok, template, question)
             nodes = self._selected_nodes(index, leaves)
             mem = index.node_memories(nodes).reshape(-1, index.memories.shape[-1])
-            mem = np.asarray(read_memories(self.params, jnp.asarray(mem)))
-            embeds = np.concatenate([mem, self.embedding[post]])[None]  # after the cached pre
-            gen = alm.generate_ids(embeds=embeds, prefix=pre, max_new_tokens=max_new_tokens)
-            n_mem, n_prompt = len(mem), len(pre) + embeds.shape[1]
+            if self.config.mem_layer >= 1:  # memories enter the residual stream at a block
+                seg_k, seg_v = memory_segment(alm.graphdef, alm.params, self.params,
+                                              jnp.asarray(pre, jnp.int32), jnp.asarray(mem),
+                                              layer=self.config.mem_layer)
+                gen = alm.generate_with_segment(pre, np.asarray(seg_k), np.asarray(seg_v), post,
+                                                max_new_tokens)
+                n_mem, n_prompt = len(mem), len(pre) + len(mem) + len(post)
+            else:
+                mem = np.asarray(read_memories(self.params, jnp.asarray(mem)))
+                embeds = np.concatenate([mem, self.embedding[post]])[None]  # after cached pre
+                gen = alm.generate_ids(embeds=embeds, prefix=pre, max_new_tokens=max_new_tokens)
+                n_mem, n_prompt = len(mem), len(pre) + embeds.shape[1]
         timings["assemble_s"] = time.perf_counter() - t_asm - gen.prefill_s - gen.decode_s
         timings.update(prefill_s=gen.prefill_s, decode_s=gen.decode_s)
         timings["ttft_s"] = (timings["query_s"] + timings["route_s"] + timings["assemble_s"]
@@ -592,6 +621,11 @@ class H2MT:
             raise ValueError(f"{where}: params/leaf_write has shape "
                              f"{tuple(params['leaf_write'].shape)}, the config and backbone make "
                              f"{want}")
+        if cfg.mem_layer >= 1 and tuple(np.shape(params.get("inject"))) != (want[1], want[1]):
+            raise ValueError(f"{where}: the config reads memories at block mem_layer="
+                             f"{cfg.mem_layer}, which needs params/inject of shape "
+                             f"{(want[1], want[1])}; the file has "
+                             f"{np.shape(params.get('inject')) if 'inject' in params else 'none'}")
         if cfg.enc_lora_rank and "enc_lora" not in params:
             raise ValueError(f"{where}: the config has enc_lora_rank={cfg.enc_lora_rank} but the "
                              "file holds no params/enc_lora")

@@ -67,15 +67,26 @@ def route_loss(scores, tree: Tree, gold) -> jnp.ndarray:
 
 
 def _answer_hidden(reader, params, mode: str, seq_ids, pre_ids, mem_start, n_mem: int, mem,
-                   keys, values):
+                   keys, values, layer: int = -1):
     """Reader hidden states over `seq_ids` (`[T]`, memory slots at `mem_start`; `pre_ids`: its
-    first tokens, `[P]` with `P >= mem_start`) with the chosen leaves' memories read as `mode`;
-    `[T, d]`, aligned with `seq_ids`."""
+    first tokens, `[P]` with `P >= mem_start`) with the chosen leaves' memories read as `mode`
+    (`layer`: `H2MTConfig.mem_layer`, see `memory.memory_prompt`); `[T, d]`, aligned with
+    `seq_ids`."""
     if mode == "memory":
         emb = reader.embed(seq_ids[None])[0]
-        chosen = read_memories(params, mem.reshape(-1, mem.shape[-1]))  # [k*m, d]
+        flat = mem.reshape(-1, mem.shape[-1])  # [k*m, d]
+        chosen = read_memories(params, flat)
         emb = jax.lax.dynamic_update_slice(emb, chosen.astype(emb.dtype), (mem_start, 0))
-        return reader(emb[None])[0][0]
+        inject = None
+        if layer >= 1:  # as memory.memory_prompt, with the slots at a traced offset
+            t = seq_ids.shape[0]
+            at = jnp.arange(t)
+            mask = (at >= mem_start) & (at < mem_start + n_mem)
+            states = jax.lax.dynamic_update_slice(
+                jnp.zeros((t, flat.shape[-1]), jnp.float32),
+                flat.astype(jnp.float32) @ params["inject"], (mem_start, 0))
+            inject = (layer, mask[None], states[None])
+        return reader(emb[None], inject=inject)[0][0]
     # memory_kv: prefix, then the k*m write tokens' keys/values, then the rest of the sequence
     t = seq_ids.shape[0]
     rest = jax.lax.dynamic_slice(jnp.pad(seq_ids, (0, t)), (mem_start + n_mem,), (t,))
@@ -129,7 +140,7 @@ def example_loss(trainable: dict, backbone_params, graphdef, ex: dict, *, cfg: H
             hidden = answer_model(answer_model.embed(seq[None]))[0][0]
         else:
             hidden = _answer_hidden(answer_model, params, mode, seq, ex["pre_ids"],
-                                    ex["mem_start"], n_mem, chosen, keys, values)
+                                    ex["mem_start"], n_mem, chosen, keys, values, cfg.mem_layer)
         a = min(ANSWER_SLOTS, labels.shape[0])
         (pos,) = jnp.nonzero(labels >= 0, size=a, fill_value=0)
         lab = jnp.where(jnp.arange(a) < jnp.sum(labels >= 0), labels[pos], -1)

@@ -91,6 +91,46 @@ def read_memories(params: H2MTParams, mem: Float[Array, "... d"]) -> Float[Array
     return mem @ params["read"] if "read" in params else mem
 
 
+def memory_prompt(params: H2MTParams, layer: int, head: Float[Array, "b p d"],
+                  mem: Float[Array, "b n d"], tail: Float[Array, "b s d"]):
+    """The answer pass's input for `head ‖ memories ‖ tail` (embeddings) under the `memory`
+    reading: (embeddings `[b, p+n+s, d]`, `inject` for `Llama.__call__` or None). The memory
+    slots' input embeddings are `read(mem)`; with `layer` >= 1 (`H2MTConfig.mem_layer`: the
+    memories are the encoder's states after `layer` blocks) their residual stream is replaced
+    before block `layer` by `mem @ params["inject"]`, so the answer pass's blocks from `layer` on
+    read them where the encoder took them, as the text's own states would be."""
+    b, p = head.shape[:2]
+    n, s = mem.shape[1], tail.shape[1]
+    dtype = head.dtype
+    x = jnp.concatenate([head, read_memories(params, mem).astype(dtype), tail.astype(dtype)], 1)
+    if layer < 1:
+        return x, None
+    t = p + n + s
+    mask = jnp.broadcast_to((jnp.arange(t) >= p) & (jnp.arange(t) < p + n), (b, t))
+    states = jnp.concatenate([jnp.zeros((b, p, mem.shape[-1]), jnp.float32),
+                              mem.astype(jnp.float32) @ params["inject"],
+                              jnp.zeros((b, s, mem.shape[-1]), jnp.float32)], 1)
+    return x, (layer, mask, states)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
+def memory_segment(graphdef, bparams, params: H2MTParams, pre: Int[Array, "p"],
+                   mem: Float[Array, "n d"], layer: int):
+    """The memory slots' keys (before RoPE) and values `[layers, n, kv_heads, head_dim]`,
+    float32, of the answer pass over `pre ‖ memories` under the `memory` reading
+    (`memory_prompt`): what a prompt's later tokens attend to, for the cached generation
+    (`LM.generate_with_segment`)."""
+    model = nnx.merge(graphdef, bparams)
+    p = pre.shape[0]
+    x, inject = memory_prompt(params, layer, model.embed(pre[None]), mem[None],
+                              jnp.zeros((1, 0, mem.shape[-1]), model.dtype))
+    _, kvs = model(x, inject=inject)
+    positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
+    keys = jnp.stack([unrope(k, positions, model.cfg)[0, p:] for k, _ in kvs])
+    values = jnp.stack([v[0, p:] for _, v in kvs])
+    return keys.astype(jnp.float32), values.astype(jnp.float32)
+
+
 def unit_rms(x: Float[Array, "... d"], eps: float = 1e-6) -> Float[Array, "... d"]:
     """`x` scaled to unit root-mean-square per vector (a norm with no learned scale)."""
     x = x.astype(jnp.float32)

@@ -28,7 +28,7 @@ from flax import nnx
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.generation.decode import prefill_cache
 from h2mt_jax.generation.kv_prompt import write_segment
-from h2mt_jax.hierarchy.memory import encoder_params, leaf_pass, read_memories
+from h2mt_jax.hierarchy.memory import encoder_params, leaf_pass, memory_prompt
 from h2mt_jax.hmt.loss import token_nll
 from h2mt_jax.typing import Array, Float, Int
 
@@ -46,16 +46,16 @@ def encode_write(model, params, tokens: Int[Array, "b t"], lengths: Int[Array, "
 
 def read_hidden(model, params, mode: str, pre: Int[Array, "b p"], mem: Float[Array, "b n d"],
                 keys: Float[Array, "layers b n kh dh"], values: Float[Array, "layers b n kh dh"],
-                post_embeds: Float[Array, "b s d"]) -> Float[Array, "b s d"]:
+                post_embeds: Float[Array, "b s d"], layer: int = -1) -> Float[Array, "b s d"]:
     """The reader's final hidden states at the `post` positions of `pre ‖ memories ‖ post`,
-    the memories read as `mode` ("memory": `mem` as embeddings; "memory_kv": `keys`/`values`
-    as a KV segment). Every row's `pre` has the full length `p`."""
+    the memories read as `mode` ("memory": `mem` as embeddings, put into the residual stream
+    at block `layer` = `H2MTConfig.mem_layer` when >= 1, `memory.memory_prompt`; "memory_kv":
+    `keys`/`values` as a KV segment). Every row's `pre` has the full length `p`."""
     b, p = pre.shape
     n = mem.shape[1]
     if mode == "memory":
-        x = jnp.concatenate([model.embed(pre), read_memories(params, mem).astype(model.dtype),
-                             post_embeds.astype(model.dtype)], axis=1)
-        return model(x)[0][:, p + n:]
+        x, inject = memory_prompt(params, layer, model.embed(pre), mem, post_embeds)
+        return model(x, inject=inject)[0][:, p + n:]
     if mode != "memory_kv":
         raise ValueError(f"mode must be one of {READ_MODES}, got {mode!r}")
     return kv_read(model, pre, jnp.full((b,), p, jnp.int32), keys, values, post_embeds)
@@ -99,7 +99,8 @@ def pretrain_loss(trainable: dict, backbone_params, graphdef, batch: dict, *,
     post = reader.embed(batch["post"])
 
     def nll(mode):
-        hidden = read_hidden(reader, params, mode, batch["pre"], mem, keys, values, post)
+        hidden = read_hidden(reader, params, mode, batch["pre"], mem, keys, values, post,
+                             layer)
         return labelled_nll(reader, hidden, batch["labels"])
 
     total, count = jax.lax.cond(batch["mode"][0] == 0, lambda: nll("memory"),
