@@ -361,6 +361,8 @@ def test_shipped_checkpoint_loads_by_name_and_fits_the_backbone(smollm2):
     check_lora(h.params["enc_lora"], smollm2.params, path)
     assert any(float(jnp.abs(ad["b"]).max()) > 0 for ad in h.lora.values())
     assert any(float(jnp.abs(ad["b"]).max()) > 0 for ad in h.params["enc_lora"].values())
+    if h.config.mem_layer >= 1:  # memories injected at a block need the inject map
+        assert h.params["inject"].shape == (d, d)
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     assert size <= 20 * 2 ** 20, size
     # and an index it builds with its own settings can serve its default answer mode
@@ -368,6 +370,18 @@ def test_shipped_checkpoint_loads_by_name_and_fits_the_backbone(smollm2):
     assert not needs_kv or h.config.kv_store != "none", h.config
     # and a name that is not shipped is left as a path
     assert resolve_checkpoint("runs/x/model") == "runs/x/model"
+
+
+def test_checkpoint_reading_memories_at_a_block_needs_its_inject_map(tmp_path, lm, adapted):
+    # Given a checkpoint whose memories are injected at block 1 but whose file lost `inject`
+    inner = adapted.with_mem_layer(1)
+    inner.save(tmp_path / "ok")
+    assert H2MT.load(tmp_path / "ok", lm).config.mem_layer == 1
+    H2MT(lm, inner.config, {k: v for k, v in inner.params.items() if k != "inject"},
+         inner.lora, inner.lora_scale).save(tmp_path / "bad")
+    # Then loading it names the missing parameter
+    with pytest.raises(ValueError, match="params/inject of shape"):
+        H2MT.load(tmp_path / "bad", lm)
 
 
 def test_checkpoint_of_another_backbone_is_refused(tmp_path, lm, adapted, smollm2_tokenizer):
