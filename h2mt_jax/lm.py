@@ -170,13 +170,16 @@ class LM:
 
     def generate_ids(self, ids: list[list[int]] | None = None, *, embeds=None, lengths=None,
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int = 0, prefix: list[int] | None = None) -> Generation:
+                     seed: int = 0, prefix: list[int] | None = None,
+                     inject: tuple | None = None) -> Generation:
         """Generation from token ids or input embeddings, with timings (see `Generation`).
 
         `prefix` (one prompt): token ids the prompt starts with, before `ids` / `embeds`, shared
         with other prompts (a template's opening): their keys and values are computed once and
         kept (`prefix_cache`), so each prompt prefills only the rest. The output is that of the
-        whole prompt; with `reuse_prefixes` off the whole prompt is run."""
+        whole prompt; with `reuse_prefixes` off the whole prompt is run. `inject` (with
+        `embeds`): (block, mask `[B, T]`, states `[B, T, d]`) aligned with `embeds`
+        (`generation.generate.generate`)."""
         if ids is not None:
             ids = [list(self.check_ids(r)) for r in ids]
         if prefix is not None and len(prefix):
@@ -189,13 +192,20 @@ class LM:
                     embeds = np.concatenate([np.broadcast_to(emb, (len(embeds),) + emb.shape),
                                              np.asarray(embeds)], axis=1)
                     lengths = None if lengths is None else [len(prefix) + n for n in lengths]
+                    if inject is not None:  # its rows follow the prefix now
+                        layer, mask, states = inject
+                        p = len(prefix)
+                        inject = (layer, np.pad(np.asarray(mask, bool), ((0, 0), (p, 0))),
+                                  np.pad(np.asarray(states, np.float32),
+                                         ((0, 0), (p, 0), (0, 0))))
                 prefix = None
         else:
             prefix = None
         return generate(self.graphdef, self.params, max_positions=self.config.max_position_embeddings,
                         eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_new_tokens,
                         sampling=Sampling(temperature, top_p), seed=seed, ids=ids, embeds=embeds,
-                        lengths=lengths, prefix=prefix, prefix_cache=self.prefix_cache)
+                        lengths=lengths, prefix=prefix, prefix_cache=self.prefix_cache,
+                        inject=inject)
 
     def generate_with_segment(self, pre: list[int], seg_k: np.ndarray, seg_v: np.ndarray,
                               post: list[int], max_new_tokens: int = 64) -> Generation:

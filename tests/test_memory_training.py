@@ -89,13 +89,15 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool,
     if mode == "memory_kv":
         k, v = index.kv.gather_write(leaves)
         want = _segment_logits(alm, pre, k, v, post)
-    elif layer >= 1:  # the memory slots' keys/values from the pass that injects them
-        from h2mt_jax.hierarchy.memory import memory_segment
+    elif layer >= 1:  # one pass that puts the memories into the residual stream at `layer`
+        from h2mt_jax.hierarchy.memory import memory_prompt
 
         mem = index.node_memories(leaves).reshape(-1, index.memories.shape[-1])
-        k, v = memory_segment(alm.graphdef, alm.params, adapted.params,
-                              jnp.asarray(pre, jnp.int32), jnp.asarray(mem), layer=layer)
-        want = _segment_logits(alm, pre, np.asarray(k), np.asarray(v), post)
+        x, inject = memory_prompt(adapted.params, layer, jnp.asarray(adapted.embedding[pre])[None],
+                                  jnp.asarray(mem)[None], jnp.asarray(adapted.embedding[post])[None])
+        assert inject[0] == layer and int(inject[1].sum()) == len(mem)
+        model = alm.model
+        want = np.asarray(model.logits(model(x, inject=inject)[0]))[0, -1]
     else:
         from h2mt_jax.hierarchy.memory import read_memories
 
@@ -123,6 +125,47 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool,
     got = np.asarray(reader.logits(hidden))[len(seq) - 1]
     # Then both give the same next-token logits
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_memory_answers_with_injected_memories_decode_as_full_passes(lm, adapted):
+    # Given memories read at block 1 and a question over two leaves
+    from h2mt_jax.hierarchy.memory import memory_prompt
+
+    inner = adapted.with_config(mem_pool="mean").with_mem_layer(1)
+    inner.params = dict(inner.params, inject=inner.params["inject"] * 3.0)  # far from R(mem)
+    index = inner.build(generate_manual(2, chapters=1).text)
+    leaves = [0, 2]
+    question = "Which pump?"
+    pre, post = prompts.split_prompt(lm.tokenizer, prompts.template_for("synthetic"), question)
+    mem = jnp.asarray(index.node_memories(leaves).reshape(-1, index.memories.shape[-1]))[None]
+    alm = inner.answer_lm
+    model = alm.model
+
+    def greedy(n):  # n tokens, each by a full pass over the whole prompt so far
+        out = []
+        for _ in range(n):
+            tail = jnp.asarray(inner.embedding[post + out])[None]
+            x, inj = memory_prompt(inner.params, 1, jnp.asarray(inner.embedding[pre])[None],
+                                   mem, tail)
+            out.append(int(np.argmax(np.asarray(model.logits(model(x, inject=inj)[0]))[0, -1])))
+        return out
+
+    # When H2MT.answer generates from them, with the template's opening cached and without
+    got = []
+    for reuse in (True, False):
+        alm.reuse_prefixes = reuse
+        ans = inner.answer(index, question, route="oracle", gold_leaves=leaves,
+                           answer_from="memory", max_new_tokens=4)
+        got.append(lm.tokenizer(ans.text, add_special_tokens=False)["input_ids"])
+    alm.reuse_prefixes = True
+    # Then both decode what full passes with the memories injected at block 1 decode
+    want = lm.tokenizer(lm.tokenizer.decode(greedy(4), skip_special_tokens=True).strip(),
+                        add_special_tokens=False)["input_ids"]
+    assert want and got[0] == got[1] == want
+    # and the injection matters: without it (R(mem) at every block) the logits differ
+    x, inj = memory_prompt(inner.params, 1, jnp.asarray(inner.embedding[pre])[None], mem,
+                           jnp.asarray(inner.embedding[post])[None])
+    assert not np.allclose(model(x, inject=inj)[0], model(x)[0], atol=1e-3)
 
 
 def test_pool_weights_cover_each_leaf_once_in_m_runs():

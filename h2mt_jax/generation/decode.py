@@ -25,17 +25,23 @@ def _last_hidden(hidden: Float[Array, "b t d"], lengths: Int[Array, "b"]) -> Flo
     return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
 
 
+def as_inject(layer: int, mask, states):
+    """The backbone's `inject` argument (`Llama.__call__`) from its parts; layer 0: none."""
+    return None if not layer else (layer, mask, states)
+
+
 def prefill_cache(model, embeds: Float[Array, "b t d"], lengths: Int[Array, "b"],
-                  cache_size: int) -> tuple[Float[Array, "b v"], KVCache]:
+                  cache_size: int, inject=None) -> tuple[Float[Array, "b v"], KVCache]:
     """Runs the prompt, returns the logits after each row's last real token and the KV cache.
 
     Rows are right-padded: row `b` has `lengths[b]` real tokens. Padding never influences real
     positions (attention is causal) and its cache slots are overwritten by the generated tokens.
+    `inject`: states put into the residual stream at a block (`Llama.__call__`).
     """
     t = embeds.shape[1]
     if cache_size < t:
         raise ValueError(f"cache_size {cache_size} < prompt length {t}")
-    hidden, kvs = model(embeds)
+    hidden, kvs = model(embeds, inject=inject)
     pad = cache_size - t
     b, _, kh, dh = kvs[0][0].shape
     keys = [jnp.pad(k.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, pad))
@@ -46,11 +52,15 @@ def prefill_cache(model, embeds: Float[Array, "b t d"], lengths: Int[Array, "b"]
     return logits, KVCache(keys=keys, values=values, lengths=lengths.astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "inject_layer"))
 def prefill(graphdef, params, embeds: Float[Array, "b t d"], lengths: Int[Array, "b"],
-            cache_size: int) -> tuple[Float[Array, "b v"], KVCache]:
-    """Jitted `prefill_cache` from input embeddings on a (graphdef, params) split model."""
-    return prefill_cache(nnx.merge(graphdef, params), embeds, lengths, cache_size)
+            cache_size: int, inject_layer: int = 0, inject_mask=None, inject_states=None
+            ) -> tuple[Float[Array, "b v"], KVCache]:
+    """Jitted `prefill_cache` from input embeddings on a (graphdef, params) split model; with
+    `inject_layer` >= 1, `inject_states` `[b, t, d]` replace the residual stream of the
+    `inject_mask` `[b, t]` positions before that block."""
+    return prefill_cache(nnx.merge(graphdef, params), embeds, lengths, cache_size,
+                         as_inject(inject_layer, inject_mask, inject_states))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))

@@ -55,14 +55,18 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
              max_new_tokens: int, sampling: Sampling = Sampling(), seed: int = 0,
              ids: list[list[int]] | None = None, embeds: np.ndarray | jax.Array | None = None,
              lengths: list[int] | None = None, prefix: list[int] | None = None,
-             prefix_cache=None) -> Generation:
+             prefix_cache=None, inject: tuple | None = None) -> Generation:
     """Generates from token-id prompts (`ids`) or from input embeddings (`embeds` `[B, T, d]` with
     `lengths`). Prompts are right-padded to a length bucket; the cache to a size bucket.
 
     `prefix` (token ids, one prompt only) with `prefix_cache` (a `generation.prefix.PrefixCache`):
     the prompt starts with these tokens and `ids` / `embeds` are what follows them; the prefix's
     keys and values come from the cache (computed there on a miss, inside the timed prefill), so
-    only the rest is run. `prompt_tokens` counts the prefix too."""
+    only the rest is run. `prompt_tokens` counts the prefix too.
+
+    `inject` (with `embeds`): (block L >= 1, mask `[B, T]`, states `[B, T, d]`) aligned with
+    `embeds`: the masked rows' residual stream is replaced by `states` before block L
+    (`Llama.__call__`; the `memory` reading of inner-layer memories)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if (ids is None) == (embeds is None):
@@ -73,6 +77,8 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
         lengths = list(lengths if lengths is not None else [embeds.shape[1]] * embeds.shape[0])
     if min(lengths) < 1:
         raise ValueError(f"prompt {int(np.argmin(lengths))} is empty")
+    if inject is not None and embeds is None:
+        raise ValueError("inject goes with embeds prompts")
     if prefix:
         if len(lengths) != 1:
             raise ValueError("a cached prefix serves one prompt at a time")
@@ -81,7 +87,8 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
         return _generate_after(graphdef, params, prefix_cache, list(prefix), ids, embeds,
                                lengths[0],
                                max_positions=max_positions, eos_ids=eos_ids, pad_id=pad_id,
-                               max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+                               max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                               inject=inject)
     longest = max(lengths)
     if longest + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
@@ -96,15 +103,27 @@ def generate(graphdef, params, *, max_positions: int, eos_ids: tuple[int, ...], 
     else:
         x = jnp.asarray(embeds)
         x = jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0)))
-        logits, cache = prefill(graphdef, params, x, lens, cache_size)
+        logits, cache = prefill(graphdef, params, x, lens, cache_size,
+                                *_padded_inject(inject, t))
     return decode_timed(graphdef, params, cache, logits, start, eos_ids=eos_ids, pad_id=pad_id,
                         max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
                         prompt_tokens=lengths)
 
 
+def _padded_inject(inject, t: int) -> tuple:
+    """(layer, mask, states) of `inject` with the rows padded to `t`; (0, None, None) for none."""
+    if inject is None:
+        return 0, None, None
+    layer, mask, states = inject
+    pad = t - np.shape(mask)[1]
+    return (int(layer), jnp.pad(jnp.asarray(mask, bool), ((0, 0), (0, pad))),
+            jnp.pad(jnp.asarray(states, jnp.float32), ((0, 0), (0, pad), (0, 0))))
+
+
 def _generate_after(graphdef, params, prefix_cache, prefix_ids: list[int], ids, embeds,
                     length: int, *, max_positions: int, eos_ids, pad_id: int,
-                    max_new_tokens: int, sampling: Sampling, seed: int) -> Generation:
+                    max_new_tokens: int, sampling: Sampling, seed: int,
+                    inject: tuple | None = None) -> Generation:
     total = len(prefix_ids) + length
     if total + max_new_tokens > max_positions:
         raise ValueError(f"prompt of {total} tokens + {max_new_tokens} new tokens exceeds the "
@@ -121,7 +140,8 @@ def _generate_after(graphdef, params, prefix_cache, prefix_ids: list[int], ids, 
     else:
         x = jnp.asarray(embeds)
         x = jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0)))
-        logits, cache = prefill_after_prefix(graphdef, params, prefix.cache, x, n, cache_size)
+        logits, cache = prefill_after_prefix(graphdef, params, prefix.cache, x, n, cache_size,
+                                             *_padded_inject(inject, t))
     return decode_timed(graphdef, params, cache, logits, start, eos_ids=eos_ids, pad_id=pad_id,
                         max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
                         prompt_tokens=[total])

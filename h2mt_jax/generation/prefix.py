@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from h2mt_jax.backbone.attention import KVCache
-from h2mt_jax.generation.decode import _last_hidden, prefill_tokens
+from h2mt_jax.generation.decode import _last_hidden, as_inject, prefill_tokens
 from h2mt_jax.shapes import bucket
 from h2mt_jax.typing import Array, Float, Int
 
@@ -83,24 +83,29 @@ def extend_cache(cache: KVCache, size: int) -> KVCache:
                    lengths=cache.lengths)
 
 
-def run_after(model, cache: KVCache, embeds: Float[Array, "1 t d"], length: Int[Array, ""]
-              ) -> tuple[Float[Array, "1 v"], KVCache]:
+def run_after(model, cache: KVCache, embeds: Float[Array, "1 t d"], length: Int[Array, ""],
+              inject=None) -> tuple[Float[Array, "1 v"], KVCache]:
     """Runs `embeds` (`length` real rows, then padding) after the `cache.lengths` filled slots;
-    the logits after the last real row and the cache filled up to `cache.lengths + length`."""
-    hidden, kvs = model(embeds, cache=cache)
+    the logits after the last real row and the cache filled up to `cache.lengths + length`.
+    `inject`: states put into the residual stream at a block (`Llama.__call__`)."""
+    hidden, kvs = model(embeds, cache=cache, inject=inject)
     logits = model.logits(_last_hidden(hidden, jnp.reshape(length, (1,))))
     return logits, KVCache(keys=[k for k, _ in kvs], values=[v for _, v in kvs],
                            lengths=cache.lengths + length)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "inject_layer"))
 def prefill_after_prefix(graphdef, params, prefix: KVCache, embeds: Float[Array, "1 t d"],
-                         length: Int[Array, ""], cache_size: int
+                         length: Int[Array, ""], cache_size: int, inject_layer: int = 0,
+                         inject_mask=None, inject_states=None
                          ) -> tuple[Float[Array, "1 v"], KVCache]:
     """Prefill of `[prefix ‖ embeds]` from the prefix's cache: only `embeds` run through the
-    backbone. Returns the logits after the last real row and a `cache_size`-slot cache."""
+    backbone (with `inject_layer` >= 1, `inject_states` `[1, t, d]` replace the residual stream
+    of the `inject_mask` `[1, t]` rows before that block). Returns the logits after the last
+    real row and a `cache_size`-slot cache."""
     model = nnx.merge(graphdef, params)
-    return run_after(model, extend_cache(prefix, cache_size), embeds, length)
+    return run_after(model, extend_cache(prefix, cache_size), embeds, length,
+                     as_inject(inject_layer, inject_mask, inject_states))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size"))

@@ -28,8 +28,8 @@ from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin, p
                                      second_hop_query)
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
-from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, memory_segment,
-                                       read_memories, resize_write_tokens, sweep)
+from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, memory_prompt,
+                                       resize_write_tokens, sweep)
 from h2mt_jax.hierarchy.node_scores import (bm25_scores, bm25_sentence_scores,
                                            dense_sentence_scores, fuse_scores, leaf_sentences,
                                            leaf_texts, node_vectors)
@@ -536,18 +536,12 @@ class H2MT:
             pre, post = prompts.split_prompt(tok, template, question)
             nodes = self._selected_nodes(index, leaves)
             mem = index.node_memories(nodes).reshape(-1, index.memories.shape[-1])
-            if self.config.mem_layer >= 1:  # memories enter the residual stream at a block
-                seg_k, seg_v = memory_segment(alm.graphdef, alm.params, self.params,
-                                              jnp.asarray(pre, jnp.int32), jnp.asarray(mem),
-                                              layer=self.config.mem_layer)
-                gen = alm.generate_with_segment(pre, np.asarray(seg_k), np.asarray(seg_v), post,
-                                                max_new_tokens)
-                n_mem, n_prompt = len(mem), len(pre) + len(mem) + len(post)
-            else:
-                mem = np.asarray(read_memories(self.params, jnp.asarray(mem)))
-                embeds = np.concatenate([mem, self.embedding[post]])[None]  # after cached pre
-                gen = alm.generate_ids(embeds=embeds, prefix=pre, max_new_tokens=max_new_tokens)
-                n_mem, n_prompt = len(mem), len(pre) + embeds.shape[1]
+            x, inject = memory_prompt(self.params, self.config.mem_layer,
+                                      jnp.zeros((1, 0, mem.shape[-1])), jnp.asarray(mem)[None],
+                                      jnp.asarray(self.embedding[post])[None])
+            gen = alm.generate_ids(embeds=np.asarray(x), prefix=pre,  # after the cached pre
+                                   max_new_tokens=max_new_tokens, inject=inject)
+            n_mem, n_prompt = len(mem), len(pre) + x.shape[1]
         timings["assemble_s"] = time.perf_counter() - t_asm - gen.prefill_s - gen.decode_s
         timings.update(prefill_s=gen.prefill_s, decode_s=gen.decode_s)
         timings["ttft_s"] = (timings["query_s"] + timings["route_s"] + timings["assemble_s"]

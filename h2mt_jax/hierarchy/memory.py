@@ -113,24 +113,6 @@ def memory_prompt(params: H2MTParams, layer: int, head: Float[Array, "b p d"],
     return x, (layer, mask, states)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
-def memory_segment(graphdef, bparams, params: H2MTParams, pre: Int[Array, "p"],
-                   mem: Float[Array, "n d"], layer: int):
-    """The memory slots' keys (before RoPE) and values `[layers, n, kv_heads, head_dim]`,
-    float32, of the answer pass over `pre ‖ memories` under the `memory` reading
-    (`memory_prompt`): what a prompt's later tokens attend to, for the cached generation
-    (`LM.generate_with_segment`)."""
-    model = nnx.merge(graphdef, bparams)
-    p = pre.shape[0]
-    x, inject = memory_prompt(params, layer, model.embed(pre[None]), mem[None],
-                              jnp.zeros((1, 0, mem.shape[-1]), model.dtype))
-    _, kvs = model(x, inject=inject)
-    positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
-    keys = jnp.stack([unrope(k, positions, model.cfg)[0, p:] for k, _ in kvs])
-    values = jnp.stack([v[0, p:] for _, v in kvs])
-    return keys.astype(jnp.float32), values.astype(jnp.float32)
-
-
 def unit_rms(x: Float[Array, "... d"], eps: float = 1e-6) -> Float[Array, "... d"]:
     """`x` scaled to unit root-mean-square per vector (a norm with no learned scale)."""
     x = x.astype(jnp.float32)

@@ -57,8 +57,22 @@ $PY bench/mem_tokens_curve.py --m 64 --checkpoint $prev --steps 200 --train-docs
     --read-modes memory_kv,memory,memory_kv,memory_kv,text --eval-docs 8 \
     --runs runs/mem_ship_m64 --out bench/results/mem_ship_m64.json
 prev=runs/mem_ship_m64/m64_kl_s200_memory_kv+memory+memory_kv+memory_kv+text_q64_h16_hp20/model
-# 9. install it, answering from the memories' keys/values by default (an index keeps the KV
-#    caches that reading needs: kv_store)
+# 10. memories from the residual stream after block 12, injected there by the memory reading
+#     (fresh read and inject maps), then 100 QA steps with memory-vector batches
+$PY - "$prev" <<'EOF'
+import sys
+
+from h2mt_jax.hierarchy.h2mt import H2MT
+
+H2MT.load(sys.argv[1]).with_mem_layer(12).save("runs/inject_L12")
+EOF
+$PY bench/mem_tokens_curve.py --m 64 --checkpoint runs/inject_L12 --steps 100 --train-docs 16 \
+    --train-single 64 --train-two-hop 16 --hotpotqa-records 20 --route-weight 0 \
+    --read-modes memory,memory_kv,memory,memory_kv,text --eval-docs 8 \
+    --runs runs/inject_qa --out bench/results/memory_inject_L12/qa/mem_tokens_curve.json
+prev=runs/inject_qa/m64_kl_s100_memory+memory_kv+memory+memory_kv+text_q64_h16_hp20/model
+# install it, answering from the memories' keys/values by default (an index keeps the KV
+# caches that reading needs: kv_store)
 $PY - "$prev" <<'EOF'
 import sys
 
