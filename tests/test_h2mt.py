@@ -17,7 +17,6 @@ from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import BuildConfig
 from h2mt_jax.hierarchy.config import H2MTConfig
 from h2mt_jax.hierarchy.h2mt import H2MT
-from h2mt_jax.hierarchy.index import Index
 from h2mt_jax.hierarchy.memory import sweep
 from h2mt_jax.hierarchy.render import render_html, render_png
 from h2mt_jax.hierarchy.tree import padded_ids
