@@ -93,8 +93,9 @@ def test_training_reading_matches_the_inference_reading(lm, adapted, mode, pool,
         from h2mt_jax.hierarchy.memory import memory_prompt
 
         mem = index.node_memories(leaves).reshape(-1, index.memories.shape[-1])
-        x, inject = memory_prompt(adapted.params, layer, jnp.asarray(adapted.embedding[pre])[None],
-                                  jnp.asarray(mem)[None], jnp.asarray(adapted.embedding[post])[None])
+        emb = adapted.embedding
+        x, inject = memory_prompt(adapted.params, layer, jnp.asarray(emb[pre])[None],
+                                  jnp.asarray(mem)[None], jnp.asarray(emb[post])[None])
         assert inject[0] == layer and int(inject[1].sum()) == len(mem)
         model = alm.model
         want = np.asarray(model.logits(model(x, inject=inject)[0]))[0, -1]
