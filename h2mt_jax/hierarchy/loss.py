@@ -42,7 +42,7 @@ from flax import nnx
 
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.hierarchy.config import H2MTConfig
-from h2mt_jax.hierarchy.memory import encoder_params, read_memories
+from h2mt_jax.hierarchy.memory import encoder_params, memory_inject, read_memories
 from h2mt_jax.hierarchy.memory_loss import encode_write, kv_read
 from h2mt_jax.hierarchy.route import MASKED, query_embedding, score_nodes
 from h2mt_jax.hierarchy.tree import Tree
@@ -77,15 +77,7 @@ def _answer_hidden(reader, params, mode: str, seq_ids, pre_ids, mem_start, n_mem
         flat = mem.reshape(-1, mem.shape[-1])  # [k*m, d]
         chosen = read_memories(params, flat)
         emb = jax.lax.dynamic_update_slice(emb, chosen.astype(emb.dtype), (mem_start, 0))
-        inject = None
-        if layer >= 1:  # as memory.memory_prompt, with the slots at a traced offset
-            t = seq_ids.shape[0]
-            at = jnp.arange(t)
-            mask = (at >= mem_start) & (at < mem_start + n_mem)
-            states = jax.lax.dynamic_update_slice(
-                jnp.zeros((t, flat.shape[-1]), jnp.float32),
-                flat.astype(jnp.float32) @ params["inject"], (mem_start, 0))
-            inject = (layer, mask[None], states[None])
+        inject = memory_inject(params, layer, flat[None], mem_start, seq_ids.shape[0])
         return reader(emb[None], inject=inject)[0][0]
     # memory_kv: prefix, then the k*m write tokens' keys/values, then the rest of the sequence
     t = seq_ids.shape[0]

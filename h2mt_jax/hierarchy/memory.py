@@ -99,18 +99,27 @@ def memory_prompt(params: H2MTParams, layer: int, head: Float[Array, "b p d"],
     memories are the encoder's states after `layer` blocks) their residual stream is replaced
     before block `layer` by `mem @ params["inject"]`, so the answer pass's blocks from `layer` on
     read them where the encoder took them, as the text's own states would be."""
-    b, p = head.shape[:2]
+    p = head.shape[1]
     n, s = mem.shape[1], tail.shape[1]
     dtype = head.dtype
     x = jnp.concatenate([head, read_memories(params, mem).astype(dtype), tail.astype(dtype)], 1)
+    return x, memory_inject(params, layer, mem, p, p + n + s)
+
+
+def memory_inject(params: H2MTParams, layer: int, mem: Float[Array, "b n d"], start,
+                  t: int) -> tuple | None:
+    """`Llama.__call__`'s `inject` for memories sitting at positions `start .. start+n-1` of a
+    `t`-position prompt (`start` may be traced): before block `layer` their residual stream
+    becomes `mem @ params["inject"]`. None when `layer` < 1 (`memory_prompt`)."""
     if layer < 1:
-        return x, None
-    t = p + n + s
-    mask = jnp.broadcast_to((jnp.arange(t) >= p) & (jnp.arange(t) < p + n), (b, t))
-    states = jnp.concatenate([jnp.zeros((b, p, mem.shape[-1]), jnp.float32),
-                              mem.astype(jnp.float32) @ params["inject"],
-                              jnp.zeros((b, s, mem.shape[-1]), jnp.float32)], 1)
-    return x, (layer, mask, states)
+        return None
+    b, n, d = mem.shape
+    at = jnp.arange(t)
+    mask = jnp.broadcast_to((at >= start) & (at < start + n), (b, t))
+    states = jax.lax.dynamic_update_slice(jnp.zeros((b, t, d), jnp.float32),
+                                          mem.astype(jnp.float32) @ params["inject"],
+                                          (0, start, 0))
+    return layer, mask, states
 
 
 def unit_rms(x: Float[Array, "... d"], eps: float = 1e-6) -> Float[Array, "... d"]:
