@@ -18,6 +18,7 @@ from conftest import tiny_lm_with
 from h2mt_jax.backbone.lora import merge_lora
 from h2mt_jax.data import prompts
 from h2mt_jax.errors import ConfigError
+from h2mt_jax.generation.kv_prompt import unrope
 from h2mt_jax.data.synthetic import generate_manual
 from h2mt_jax.hierarchy import parse
 from h2mt_jax.hierarchy.build import BuildConfig
@@ -134,7 +135,7 @@ def test_memory_answers_with_injected_memories_decode_as_full_passes(lm, adapted
 
     inner = adapted.with_config(mem_pool="mean").with_mem_layer(1)
     inner.params = dict(inner.params, inject=inner.params["inject"] * 3.0)  # far from R(mem)
-    index = inner.build(generate_manual(2, chapters=1).text)
+    index = inner.build(generate_manual(2, chapters=1).text, kv_store="none")  # slots prefilled
     leaves = [0, 2]
     question = "Which pump?"
     pre, post = prompts.split_prompt(lm.tokenizer, prompts.template_for("synthetic"), question)
@@ -167,6 +168,59 @@ def test_memory_answers_with_injected_memories_decode_as_full_passes(lm, adapted
     x, inj = memory_prompt(inner.params, 1, jnp.asarray(inner.embedding[pre])[None], mem,
                            jnp.asarray(inner.embedding[post])[None])
     assert not np.allclose(model(x, inject=inj)[0], model(x)[0], atol=1e-3)
+
+
+def test_memory_answers_read_stored_slot_keys_and_values(lm, adapted, tmp_path):
+    # Given memories read at block 1, and a manual indexed with stored keys/values and without
+    from h2mt_jax.hierarchy.memory import memory_prompt
+
+    inner = adapted.with_config(mem_pool="mean").with_mem_layer(1)
+    inner.params = dict(inner.params, inject=inner.params["inject"] * 3.0)
+    text = generate_manual(2, chapters=1).text
+    index, plain = inner.build(text), inner.build(text, kv_store="none")
+    assert index.kv.has_slots and plain.kv is None
+    m = index.memories.shape[1]
+    alm = inner.answer_lm
+    model = alm.model
+    # Then a leaf's stored slots are the keys/values of its memories read after the chat
+    # preamble, with the injection (a full pass, keys rotated back from their positions)
+    preamble = inner.kv_prefix
+    mem = jnp.asarray(index.node_memories([2]))  # [1, m, d]
+    x, inj = memory_prompt(inner.params, 1, jnp.asarray(inner.embedding[preamble])[None], mem,
+                           jnp.zeros((1, 0, mem.shape[-1])))
+    _, kvs = model(x, inject=inj)
+    p = len(preamble)
+    pos = jnp.arange(p + m, dtype=jnp.int32)[None]
+    seg_k, seg_v = index.kv.gather_slots([2])
+    for layer in (0, len(kvs) - 1):
+        np.testing.assert_allclose(seg_k[layer], unrope(kvs[layer][0], pos, lm.config)[0, p:],
+                                   atol=2e-5)
+        np.testing.assert_allclose(seg_v[layer], kvs[layer][1][0, p:], atol=2e-5)
+    # and with a template whose opening is the preamble, one leaf read from them answers as
+    # the prefilled slots do
+    template = "{context}\n\nQuestion: {input}\nAnswer:"
+    assert prompts.split_prompt(lm.tokenizer, template, "Which pump?")[0] == preamble
+    one = [inner.answer(ix, "Which pump?", template=template, route="oracle", gold_leaves=[2],
+                        answer_from="memory", max_new_tokens=4) for ix in (index, plain)]
+    assert one[0].text == one[1].text and one[0].memory_tokens == m
+    # Two leaves: each read from its own stored slots, in document order
+    pre, post = prompts.split_prompt(lm.tokenizer, prompts.template_for("synthetic"), "Which?")
+    k2, v2 = index.kv.gather_slots([0, 2])
+    want = alm.generate_with_segment(pre, k2, v2, post, 4).tokens[0]
+    got = inner.answer(index, "Which?", route="oracle", gold_leaves=[2, 0],
+                       answer_from="memory", max_new_tokens=4)
+    assert lm.tokenizer.decode(want, skip_special_tokens=True).strip() == got.text
+    assert got.memory_tokens == 2 * m
+    # Saved and loaded they are kept; an index saved without them prefills the slots
+    inner.save_index(index, tmp_path / "idx")
+    _, again = H2MT.load_index(tmp_path / "idx", lm=lm)
+    np.testing.assert_array_equal(again.kv.gather_slots([2])[0], seg_k)
+    again.kv.slot_k = again.kv.slot_v = None
+    inner.save_index(again, tmp_path / "old")
+    _, old = H2MT.load_index(tmp_path / "old", lm=lm)
+    assert not old.kv.has_slots
+    assert (inner.answer(old, "Which pump?", template=template, route="oracle", gold_leaves=[2],
+                         answer_from="memory", max_new_tokens=4).text == one[1].text)
 
 
 def test_pool_weights_cover_each_leaf_once_in_m_runs():

@@ -29,7 +29,7 @@ from h2mt_jax.hierarchy.hops import (check_gate, gate_probability, hop_margin, p
 from h2mt_jax.hierarchy.index import Index, append_leaves, remap_memories
 from h2mt_jax.hierarchy.leaf_kv import LeafKV
 from h2mt_jax.hierarchy.memory import (H2MTParams, init_params, leaf_memories, memory_prompt,
-                                       resize_write_tokens, sweep)
+                                       memory_slot_kv, resize_write_tokens, sweep)
 from h2mt_jax.hierarchy.node_scores import (bm25_scores, bm25_sentence_scores,
                                            dense_sentence_scores, fuse_scores, leaf_sentences,
                                            leaf_texts, node_vectors)
@@ -231,11 +231,15 @@ class H2MT:
 
     def _leaf_pass(self, leaf_tokens, kv_store: str, progress: bool = False
                    ) -> tuple[np.ndarray, LeafKV | None]:
-        """Leaf memories and, unless `kv_store` is "none", the same pass's KV caches."""
+        """Leaf memories and, unless `kv_store` is "none", the same pass's KV caches and the
+        `memory` reading's slot keys/values (`memory.memory_slot_kv`)."""
         if kv_store == "none":
             return self._leaf_memories(leaf_tokens, progress), None
         mem, kv = self._leaf_memories(leaf_tokens, progress, with_kv=True)
-        return mem, LeafKV.from_pass(kv, kv_store, self.lm.name, len(self.kv_prefix))
+        alm = self.answer_lm
+        slots = memory_slot_kv(alm.graphdef, alm.params, self.params, self.config.mem_layer,
+                               self.kv_prefix, mem, batch=self.config.leaf_batch)
+        return mem, LeafKV.from_pass(kv, kv_store, self.lm.name, len(self.kv_prefix), slots)
 
     def _leaf_memories(self, leaf_tokens, progress=False, with_kv: bool = False):
         n, t = len(leaf_tokens), self.config.build.leaf_len
@@ -489,7 +493,10 @@ class H2MT:
         The template's opening (`pre`) is read from the answer backbone's prefix cache
         (`LM.generate_ids(prefix=...)`), as by the text baselines of `evaluate.py`.
         The KV modes need an index built with `kv_store` (`index.modes`); they read leaves only
-        (no ancestors). Memories and the write tokens' keys/values are the encoder's (backbone
+        (no ancestors). Such an index also stores the `memory` slots' keys and values
+        (`memory.memory_slot_kv`): a `memory` answer of leaves only then prefills just the
+        question, each leaf's slots read after the chat preamble and apart from the other
+        leaves'; otherwise (no stored slots, or ancestors selected) it prefills the slots. Memories and the write tokens' keys/values are the encoder's (backbone
         plus `enc_lora`); a leaf's own keys/values are the answer backbone's (plus the decoder
         adapters), as in a text prompt."""
         mode = answer_from or self.config.answer_from
@@ -499,7 +506,8 @@ class H2MT:
             raise ValueError(f"answer_from={mode!r} needs the leaves' KV caches, but this index "
                              "was built without them: build it with kv_store='bfloat16' or "
                              "'int8' (H2MTConfig(kv_store=...), --config.h2mt.kv_store)")
-        if mode in ("memory_kv", "leaf_kv") and index.kv.backbone != self.lm.name:
+        slots = (mode == "memory" and index.kv is not None and index.kv.has_slots)
+        if (mode in ("memory_kv", "leaf_kv") or slots) and index.kv.backbone != self.lm.name:
             raise ValueError(f"the index's KV caches were computed by backbone "
                              f"{index.kv.backbone!r}, this H2MT runs {self.lm.name!r}")
         start = time.perf_counter()
@@ -525,11 +533,13 @@ class H2MT:
             n = prompts.template_prefix(tok, template, question, ids)
             gen = alm.generate_ids([ids[n:]], prefix=ids[:n], max_new_tokens=max_new_tokens)
             n_mem, n_prompt = 0, len(ids)
-        elif mode in ("memory_kv", "leaf_kv"):  # stored keys/values in document order
+        elif mode != "memory" or (slots and not self.config.ancestors):
+            # stored keys/values in document order: only the template and question are run
             pre, post = prompts.split_prompt(tok, template, question)
             order = sorted(set(leaves))
-            seg_k, seg_v = (index.kv.gather(order) if mode == "leaf_kv"
-                            else index.kv.gather_write(order))
+            gather = {"leaf_kv": index.kv.gather, "memory_kv": index.kv.gather_write,
+                      "memory": index.kv.gather_slots}[mode]
+            seg_k, seg_v = gather(order)
             gen = alm.generate_with_segment(pre, seg_k, seg_v, post, max_new_tokens)
             n_mem, n_prompt = seg_k.shape[1], len(pre) + seg_k.shape[1] + len(post)
         else:

@@ -4,7 +4,9 @@ For every leaf, the leaf pass that writes its memory also yields each layer's ke
 and values of its `m` write tokens; the leaf's own tokens' keys and values come from the answer
 backbone run over the chat preamble then the leaf (`H2MTConfig.kv_prefix`; `prefix_tokens`
 records how many preamble tokens), as a text prompt computes them up to the other leaves
-(`memory.leaf_memories(..., with_kv=True)`). They are kept as
+(`memory.leaf_memories(..., with_kv=True)`). The `memory` reading's slots get theirs too
+(`slot_k`, `slot_v`): each leaf's memories read by the answer backbone after the same preamble
+(`memory.memory_slot_kv`), so that a `memory` answer prefills only the question. They are kept as
 - `bfloat16` (2 bytes a value; the default),
 - `int8` with one float32 scale per (token, layer, kv head): `x ≈ q · scale`, `scale =
   max|x| / 127` over the head dimension (about half the size; see `tests/test_leaf_kv.py` for the
@@ -12,7 +14,8 @@ records how many preamble tokens), as a text prompt computes them up to the othe
 - `float32` (exact: what the equality tests use).
 Leaf tokens are concatenated in leaf order (`lengths` gives each leaf's count); on disk they are
 `.npy` files loaded memory-mapped, so an answer reads only the selected leaves' rows.
-Sizes: SmolLM2-135M (30 layers, 3 kv heads of 64) stores 23 KB per token in bfloat16.
+Sizes: SmolLM2-135M (30 layers, 3 kv heads of 64) stores 23 KB per token in bfloat16; the write
+tokens and the slots add 2 x m such rows per leaf (bfloat16, also under `int8`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from h2mt_jax.io import atomic_write, check_shapes
 
 KV_DTYPES = ("bfloat16", "int8", "float32")
-_FILES = ("k", "v", "k_scale", "v_scale", "write_k", "write_v")
+_FILES = ("k", "v", "k_scale", "v_scale", "write_k", "write_v", "slot_k", "slot_v")
 
 
 def _bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -49,7 +52,9 @@ def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class LeafKV:
     """Stored keys/values of an index's leaves. `k`, `v`: `[tokens, layers, kv_heads, head_dim]`
     (uint16 bfloat16 bits, or int8 with `k_scale`/`v_scale` `[tokens, layers, kv_heads]`);
-    `write_k`, `write_v`: `[leaves, layers, m, kv_heads, head_dim]` bfloat16 bits; `lengths`:
+    `write_k`, `write_v`: `[leaves, layers, m, kv_heads, head_dim]` bfloat16 bits; `slot_k`,
+    `slot_v`: the same shape, the `memory` reading's slots (None in an index saved before them:
+    its `memory` answers prefill the slots); `lengths`:
     tokens per leaf; `backbone`: the name of the model that computed them; `prefix_tokens`: how
     many tokens each leaf's own keys/values were computed after (`H2MTConfig.kv_prefix`)."""
 
@@ -61,13 +66,17 @@ class LeafKV:
     write_v: np.ndarray
     k_scale: np.ndarray | None = None
     v_scale: np.ndarray | None = None
+    slot_k: np.ndarray | None = None
+    slot_v: np.ndarray | None = None
     backbone: str = ""
     prefix_tokens: int = 0
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
-    def from_pass(cls, kv, dtype: str, backbone: str, prefix_tokens: int = 0) -> "LeafKV":
-        """From a `memory.LeafPassKV` (per-leaf float32 `[layers, t, kh, dh]` arrays)."""
+    def from_pass(cls, kv, dtype: str, backbone: str, prefix_tokens: int = 0,
+                  slots: tuple[np.ndarray, np.ndarray] | None = None) -> "LeafKV":
+        """From a `memory.LeafPassKV` (per-leaf float32 `[layers, t, kh, dh]` arrays) and the
+        slots' keys and values `[leaves, layers, m, kh, dh]` (`memory.memory_slot_kv`)."""
         if dtype not in KV_DTYPES:
             raise ValueError(f"kv_store must be one of {KV_DTYPES} (or 'none'), got {dtype!r}")
         lengths = np.asarray([k.shape[1] for k in kv.leaf_k], np.int64)
@@ -78,6 +87,11 @@ class LeafKV:
         store = (lambda x: np.asarray(x, np.float32)) if exact else _bf16_bits  # noqa: E731
         out = cls(dtype, lengths, k, v, store(wk), store(wv), backbone=backbone,
                   prefix_tokens=prefix_tokens)
+        if slots is not None:
+            if slots[0].shape != wk.shape:
+                raise ValueError(f"slot keys of shape {slots[0].shape} do not match the write "
+                                 f"tokens' {wk.shape}")
+            out.slot_k, out.slot_v = store(slots[0]), store(slots[1])
         if dtype == "int8":
             out.k, out.k_scale = quantize_int8(k)
             out.v, out.v_scale = quantize_int8(v)
@@ -92,10 +106,11 @@ class LeafKV:
             raise ValueError(f"cannot join leaf KV of {a.dtype}/{a.backbone!r} after "
                              f"{a.prefix_tokens} prefix tokens and {b.dtype}/{b.backbone!r} after "
                              f"{b.prefix_tokens}")
-        cat = lambda x, y: None if x is None else np.concatenate([x, y])  # noqa: E731
+        cat = lambda x, y: None if x is None or y is None else np.concatenate([x, y])  # noqa
         return cls(a.dtype, np.concatenate([a.lengths, b.lengths]), cat(a.k, b.k),
                    cat(a.v, b.v), cat(a.write_k, b.write_k), cat(a.write_v, b.write_v),
-                   cat(a.k_scale, b.k_scale), cat(a.v_scale, b.v_scale), a.backbone,
+                   cat(a.k_scale, b.k_scale), cat(a.v_scale, b.v_scale),
+                   cat(a.slot_k, b.slot_k), cat(a.slot_v, b.slot_v), a.backbone,
                    a.prefix_tokens)
 
     # -- reading -----------------------------------------------------------------------------
@@ -135,19 +150,31 @@ class LeafKV:
 
     def gather_write(self, leaves: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The leaves' write tokens' keys and values, `[layers, len(leaves) * m, kh, dh]`."""
-        idx = list(leaves)
+        return self._per_leaf(self.write_k, leaves), self._per_leaf(self.write_v, leaves)
 
-        def one(bits):
-            x = self._float(bits[idx])  # [n, layers, m, kh, dh]
-            return x.transpose(1, 0, 2, 3, 4).reshape(x.shape[1], -1, *x.shape[3:])
+    @property
+    def has_slots(self) -> bool:
+        """Whether the `memory` reading's slot keys/values are stored (`gather_slots`)."""
+        return self.slot_k is not None and self.slot_v is not None
 
-        return one(self.write_k), one(self.write_v)
+    def gather_slots(self, leaves: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The leaves' memory slots' keys and values as the answer backbone reads them,
+        `[layers, len(leaves) * m, kh, dh]`, in the given order."""
+        if not self.has_slots:
+            raise ValueError("this index stores no memory slot keys/values (saved before "
+                             "they existed): rebuild it, or answer by prefilling the slots")
+        return self._per_leaf(self.slot_k, leaves), self._per_leaf(self.slot_v, leaves)
+
+    def _per_leaf(self, bits, leaves) -> np.ndarray:
+        x = self._float(bits[list(leaves)])  # [n, layers, m, kh, dh]
+        return x.transpose(1, 0, 2, 3, 4).reshape(x.shape[1], -1, *x.shape[3:])
 
     # -- files -------------------------------------------------------------------------------
     def meta(self) -> dict:
         return {"dtype": self.dtype, "lengths": [int(x) for x in self.lengths],
                 "backbone": self.backbone, "shape": list(self.shape),
-                "write_tokens": int(self.write_k.shape[2]), "prefix_tokens": self.prefix_tokens}
+                "write_tokens": int(self.write_k.shape[2]), "prefix_tokens": self.prefix_tokens,
+                "slots": self.has_slots}
 
     def save(self, directory) -> None:
         """One `.npy` per array under `directory/kv/`, each written atomically."""
@@ -171,10 +198,15 @@ class LeafKV:
         expect = {"k": (total, layers, kh, dh), "v": (total, layers, kh, dh),
                   "write_k": (n, layers, meta["write_tokens"], kh, dh),
                   "write_v": (n, layers, meta["write_tokens"], kh, dh)}
+        if meta.get("slots"):  # indexes saved before the slots' keys/values have none
+            expect.update(slot_k=expect["write_k"], slot_v=expect["write_v"])
         if meta["dtype"] == "int8":
             expect.update(k_scale=(total, layers, kh), v_scale=(total, layers, kh))
         check_shapes({f"{k}.npy": a for k, a in arrays.items()},
                      {f"{k}.npy": s for k, s in expect.items()}, str(directory), "kv/")
+        if not meta.get("slots"):
+            arrays.pop("slot_k", None)
+            arrays.pop("slot_v", None)
         return cls(meta["dtype"], lengths, backbone=meta.get("backbone", ""),
                    prefix_tokens=int(meta.get("prefix_tokens", 0)),
                    **{k: arrays.get(k) for k in _FILES})

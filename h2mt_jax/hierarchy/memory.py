@@ -122,6 +122,49 @@ def memory_inject(params: H2MTParams, layer: int, mem: Float[Array, "b n d"], st
     return layer, mask, states
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
+def _slot_kv(graphdef, aparams, params: H2MTParams, layer: int, prefix: Int[Array, "p"],
+             mem: Float[Array, "b m d"]):
+    model = nnx.merge(graphdef, aparams)
+    b, p = mem.shape[0], prefix.shape[0]
+    head = model.embed(jnp.broadcast_to(prefix[None], (b, p)))
+    x, inject = memory_prompt(params, layer, head, mem, jnp.zeros((b, 0, head.shape[-1]),
+                                                                   head.dtype))
+    _, kvs = model(x, inject=inject)
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
+    keys = jnp.stack([unrope(k, positions, model.cfg)[:, p:] for k, _ in kvs])
+    values = jnp.stack([v[:, p:] for _, v in kvs])
+    return keys.astype(jnp.float32), values.astype(jnp.float32)
+
+
+def memory_slot_kv(graphdef, aparams, params: H2MTParams, layer: int, prefix,
+                   mem: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Every layer's keys (before RoPE) and values of the `memory` reading's slots, node by
+    node: each node's `m` memories `mem` `[n, m, d]` run through the answer backbone `aparams`
+    (decoder adapters merged) after the `prefix` token ids (the chat preamble), read and injected
+    as `memory_prompt` does -> float32 host arrays `[n, layers, m, kv_heads, head_dim]`.
+
+    The slots come before the question in the answer prompt, so their keys and values do not
+    depend on it: stored in an index (`LeafKV.slot_k`), they let a `memory` answer prefill only
+    the question (`H2MT.answer`), as `memory_kv` does. Each node's slots attend to the prefix and
+    to themselves, not to the other selected nodes' slots (one joint prompt does); on the held-out
+    manuals this gave the same answers' F1 (`bench/results/memory_slot_cache`)."""
+    n, m = mem.shape[0], mem.shape[1]
+    pre = jnp.asarray(np.asarray(prefix, np.int32))
+    cfg = nnx.merge(graphdef, aparams).cfg
+    ks = np.zeros((n, cfg.num_layers, m, cfg.num_kv_heads, cfg.head_dim), np.float32)
+    vs = np.zeros_like(ks)
+    i = 0
+    for lb in leaf_batch_sizes(n, batch):  # powers of two: few compiled shapes for any count
+        chunk = np.asarray(mem[i:i + lb], np.float32)
+        x = np.concatenate([chunk, np.zeros((lb - len(chunk),) + chunk.shape[1:], np.float32)])
+        k, v = _slot_kv(graphdef, aparams, params, layer, pre, jnp.asarray(x))
+        ks[i:i + len(chunk)] = np.asarray(k)[:, :len(chunk)].transpose(1, 0, 2, 3, 4)
+        vs[i:i + len(chunk)] = np.asarray(v)[:, :len(chunk)].transpose(1, 0, 2, 3, 4)
+        i += len(chunk)
+    return ks, vs
+
+
 def unit_rms(x: Float[Array, "... d"], eps: float = 1e-6) -> Float[Array, "... d"]:
     """`x` scaled to unit root-mean-square per vector (a norm with no learned scale)."""
     x = x.astype(jnp.float32)
