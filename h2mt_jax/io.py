@@ -14,6 +14,7 @@ import os
 import tempfile
 from typing import Any, Callable, Iterator
 
+import ml_dtypes
 import numpy as np
 
 
@@ -108,7 +109,7 @@ def read_meta(path: str | os.PathLike, fmt: str, what: str) -> dict:
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """A nested dict of arrays -> `{"a::b::c": array}` (float32 unless integer)."""
+    """A nested dict of arrays -> `{"a::b::c": array}` (float32 unless integer or bfloat16)."""
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
@@ -116,8 +117,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
             out.update(flatten(v, key + SEP))
         else:
             arr = np.asarray(v)
-            out[key] = np.ascontiguousarray(
-                arr if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.float32))
+            keep = np.issubdtype(arr.dtype, np.integer) or arr.dtype == ml_dtypes.bfloat16
+            out[key] = np.ascontiguousarray(arr if keep else arr.astype(np.float32))
     return out
 
 
@@ -152,11 +153,14 @@ def save_tree(path: str | os.PathLike, tree: dict) -> None:
 
 
 def load_tree(path: str | os.PathLike) -> dict:
-    """The nested dict of numpy arrays saved by `save_tree`."""
+    """The nested dict of numpy arrays saved by `save_tree`, bfloat16 ones widened to float32
+    (exactly: every bfloat16 value is a float32 value)."""
     from safetensors.numpy import load_file
 
     try:
-        return unflatten(load_file(os.fspath(path)))
+        flat = load_file(os.fspath(path))
+        return unflatten({k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v
+                          for k, v in flat.items()})
     except Exception as e:  # safetensors raises its own error types for damaged files
         if isinstance(e, FileNotFoundError):
             raise

@@ -26,7 +26,7 @@ HOP_GATES = ("margin", "learned")  # what hop_gate thresholds (see hierarchy/hop
 # Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
 # a config may set them over a checkpoint's (`explicit_overrides`).
 INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
-                    "kv_prefix", "route_score", "fuse", "w_bm25", "w_dense", "w_bm25_sent", "w_dense_sent",
+                    "kv_prefix", "store_slots", "route_score", "fuse", "w_bm25", "w_dense", "w_bm25_sent", "w_dense_sent",
                     "w_memory", "bm25_inner", "hops", "hop_query", "hop_gate", "hop_gate_score",
                     "hop_merge", "distinct_sections")
 
@@ -61,7 +61,9 @@ class H2MTConfig:
     preamble every answer prompt starts with, `prompts.chat_preamble`: the leaf attends to the
     prompt's attention sink as in a text prompt, not to its own first token) or "none" (the
     leaf alone). The write tokens' keys/values always come from the leaf alone (the encoder's
-    pass).
+    pass). store_slots: with kv_store, also keep each leaf's memory slots' keys/values as the
+    answer backbone reads them (`memory.memory_slot_kv`, m more rows per leaf), so that a
+    `memory` answer prefills only the question; without them it prefills the slots too.
     route_score: the node score the router ranks by: "memory" (the learned bilinear score),
     "bm25", "dense" (all-MiniLM-L6-v2 cosine), "bm25_sent" / "dense_sent" (the same per
     sentence, a leaf scoring its best sentence) or "fused" (`fuse` = "weighted" min-max
@@ -103,6 +105,7 @@ class H2MTConfig:
     answer_from: str = "memory"
     kv_store: str = "none"
     kv_prefix: str = "chat"
+    store_slots: bool = True
     # the default routing is the best measured on documents never trained on (per-sentence BM25
     # and MiniLM, min-max normalised and summed, a second hop with the bridge:
     # bench/results/routing_sentence.json); it needs no training. "memory" is the learned score.
@@ -143,6 +146,8 @@ class H2MTConfig:
                 self.mem_layer < -1:
             raise ValueError(f"mem_layer must be -1 (final hidden states) or a block count >= 0, "
                              f"got {self.mem_layer!r}")
+        if not isinstance(self.store_slots, bool):
+            raise ValueError(f"store_slots must be true or false, got {self.store_slots!r}")
         if self.enc_lora_rank < 0:
             raise ValueError(f"enc_lora_rank must be >= 0, got {self.enc_lora_rank}")
         if self.mem_tokens > self.build.leaf_tokens:

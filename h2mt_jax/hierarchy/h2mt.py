@@ -15,6 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -232,13 +233,15 @@ class H2MT:
     def _leaf_pass(self, leaf_tokens, kv_store: str, progress: bool = False
                    ) -> tuple[np.ndarray, LeafKV | None]:
         """Leaf memories and, unless `kv_store` is "none", the same pass's KV caches and the
-        `memory` reading's slot keys/values (`memory.memory_slot_kv`)."""
+        `memory` reading's slot keys/values (`memory.memory_slot_kv`, with `store_slots`)."""
         if kv_store == "none":
             return self._leaf_memories(leaf_tokens, progress), None
         mem, kv = self._leaf_memories(leaf_tokens, progress, with_kv=True)
-        alm = self.answer_lm
-        slots = memory_slot_kv(alm.graphdef, alm.params, self.params, self.config.mem_layer,
-                               self.kv_prefix, mem, batch=self.config.leaf_batch)
+        slots = None
+        if self.config.store_slots:
+            alm = self.answer_lm
+            slots = memory_slot_kv(alm.graphdef, alm.params, self.params, self.config.mem_layer,
+                                   self.kv_prefix, mem, batch=self.config.leaf_batch)
         return mem, LeafKV.from_pass(kv, kv_store, self.lm.name, len(self.kv_prefix), slots)
 
     def _leaf_memories(self, leaf_tokens, progress=False, with_kv: bool = False):
@@ -579,15 +582,26 @@ class H2MT:
         return h2mt, index
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, directory) -> None:
+    def save(self, directory, adapters_dtype: str = "float32") -> None:
         """Writes the memory parameters and adapters (`h2mt.safetensors`) and the config
-        (`h2mt.json`, versioned), each atomically."""
-        tensors = {"params": self.params, **({"lora": self.lora} if self.lora else {}),
+        (`h2mt.json`, versioned), each atomically. `adapters_dtype="bfloat16"` stores the
+        decoder and encoder adapters' factors in bfloat16 (half their bytes; `load` widens them
+        back to float32): how the shipped checkpoint fits in 20 MB. Everything else is float32."""
+        if adapters_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"adapters_dtype must be 'float32' or 'bfloat16', got "
+                             f"{adapters_dtype!r}")
+        cast = ((lambda t: t) if adapters_dtype == "float32" else  # noqa: E731
+                (lambda t: jax.tree.map(lambda a: np.asarray(a, ml_dtypes.bfloat16), t)))
+        params = dict(jax.device_get(self.params))
+        if "enc_lora" in params:
+            params["enc_lora"] = cast(params["enc_lora"])
+        tensors = {"params": params,
+                   **({"lora": cast(jax.device_get(self.lora))} if self.lora else {}),
                    **({"hop_gate": self.hop_gate} if self.hop_gate is not None else {})}
-        save_tree(os.path.join(directory, "h2mt.safetensors"), jax.device_get(tensors))
+        save_tree(os.path.join(directory, "h2mt.safetensors"), tensors)
         write_meta(os.path.join(directory, "h2mt.json"), FORMAT, config=self.config.to_dict(),
                    backbone=self.lm.name, hidden_size=self.lm.config.hidden_size,
-                   lora_scale=self.lora_scale)
+                   lora_scale=self.lora_scale, adapters_dtype=adapters_dtype)
 
     def with_config(self, **fields) -> "H2MT":
         """The same parameters under a config with some fields replaced (validated)."""
