@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.h2mt.answer_from = "memory"  # memory | memory_kv | leaf_kv | text (what the answer reads)
     c.h2mt.kv_store = "none"  # none | bfloat16 | int8 | float32: keep leaf KV caches in indexes
     c.h2mt.kv_prefix = "chat"  # chat | none: what a leaf's stored KV cache was computed after
-    c.h2mt.store_slots = True  # with kv_store: memory answers read stored slots, prefill the question
+    c.h2mt.store_slots = True  # with kv_store: memory answers read stored slots, not prefill them
     # routing: the defaults are H2MTConfig's, the best measured on unseen documents
     c.h2mt.route_score = "fused"  # memory | bm25 | dense | bm25_sent | dense_sent | fused
     c.h2mt.fuse = "weighted"  # weighted (min-max normalised sum) | rrf

@@ -26,8 +26,8 @@ HOP_GATES = ("margin", "learned")  # what hop_gate thresholds (see hierarchy/hop
 # Fields that change how a trained H2MT routes and answers, not the shapes of its parameters:
 # a config may set them over a checkpoint's (`explicit_overrides`).
 INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
-                    "kv_prefix", "store_slots", "route_score", "fuse", "w_bm25", "w_dense", "w_bm25_sent", "w_dense_sent",
-                    "w_memory", "bm25_inner", "hops", "hop_query", "hop_gate", "hop_gate_score",
+                    "kv_prefix", "store_slots", "route_score", "fuse", "w_bm25", "w_dense",
+                    "w_bm25_sent", "w_dense_sent", "w_memory", "bm25_inner", "hops", "hop_query", "hop_gate", "hop_gate_score",
                     "hop_merge", "distinct_sections")
 
 

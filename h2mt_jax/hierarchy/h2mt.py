@@ -499,8 +499,9 @@ class H2MT:
         (no ancestors). Such an index also stores the `memory` slots' keys and values
         (`memory.memory_slot_kv`): a `memory` answer of leaves only then prefills just the
         question, each leaf's slots read after the chat preamble and apart from the other
-        leaves'; otherwise (no stored slots, or ancestors selected) it prefills the slots. Memories and the write tokens' keys/values are the encoder's (backbone
-        plus `enc_lora`); a leaf's own keys/values are the answer backbone's (plus the decoder
+        leaves'; otherwise (no stored slots, or ancestors selected) it prefills the slots.
+        Memories and the write tokens' keys/values are the encoder's (backbone plus
+        `enc_lora`); a leaf's own keys/values are the answer backbone's (plus the decoder
         adapters), as in a text prompt."""
         mode = answer_from or self.config.answer_from
         if mode not in ANSWER_MODES:
