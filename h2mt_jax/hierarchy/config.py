@@ -27,8 +27,8 @@ HOP_GATES = ("margin", "learned")  # what hop_gate thresholds (see hierarchy/hop
 # a config may set them over a checkpoint's (`explicit_overrides`).
 INFERENCE_FIELDS = ("route", "k", "ancestors", "leaf_batch", "answer_from", "kv_store",
                     "kv_prefix", "store_slots", "route_score", "fuse", "w_bm25", "w_dense",
-                    "w_bm25_sent", "w_dense_sent", "w_memory", "bm25_inner", "hops", "hop_query", "hop_gate", "hop_gate_score",
-                    "hop_merge", "distinct_sections")
+                    "w_bm25_sent", "w_dense_sent", "w_memory", "bm25_inner", "hops", "hop_query",
+                    "hop_gate", "hop_gate_score", "hop_merge", "distinct_sections")
 
 
 def explicit_overrides(section) -> dict:
