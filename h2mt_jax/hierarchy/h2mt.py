@@ -240,8 +240,9 @@ class H2MT:
         slots = None
         if self.config.store_slots:
             alm = self.answer_lm
-            slots = memory_slot_kv(alm.graphdef, alm.params, self.params, self.config.mem_layer,
-                                   self.kv_prefix, mem, batch=self.config.leaf_batch)
+            slots = memory_slot_kv(alm.graphdef, alm.params, alm.config, self.params,
+                                   self.config.mem_layer, self.kv_prefix, mem,
+                                   batch=self.config.leaf_batch)
         return mem, LeafKV.from_pass(kv, kv_store, self.lm.name, len(self.kv_prefix), slots)
 
     def _leaf_memories(self, leaf_tokens, progress=False, with_kv: bool = False):

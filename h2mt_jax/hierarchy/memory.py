@@ -137,11 +137,11 @@ def _slot_kv(graphdef, aparams, params: H2MTParams, layer: int, prefix: Int[Arra
     return keys.astype(jnp.float32), values.astype(jnp.float32)
 
 
-def memory_slot_kv(graphdef, aparams, params: H2MTParams, layer: int, prefix,
+def memory_slot_kv(graphdef, aparams, backbone_cfg, params: H2MTParams, layer: int, prefix,
                    mem: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Every layer's keys (before RoPE) and values of the `memory` reading's slots, node by
     node: each node's `m` memories `mem` `[n, m, d]` run through the answer backbone `aparams`
-    (decoder adapters merged) after the `prefix` token ids (the chat preamble), read and injected
+    (decoder adapters merged; its `BackboneConfig` `backbone_cfg`) after the `prefix` token ids (the chat preamble), read and injected
     as `memory_prompt` does -> float32 host arrays `[n, layers, m, kv_heads, head_dim]`.
 
     The slots come before the question in the answer prompt, so their keys and values do not
@@ -151,7 +151,7 @@ def memory_slot_kv(graphdef, aparams, params: H2MTParams, layer: int, prefix,
     manuals this gave the same answers' F1 (`bench/results/memory_slot_cache`)."""
     n, m = mem.shape[0], mem.shape[1]
     pre = jnp.asarray(np.asarray(prefix, np.int32))
-    cfg = nnx.merge(graphdef, aparams).cfg
+    cfg = backbone_cfg
     ks = np.zeros((n, cfg.num_layers, m, cfg.num_kv_heads, cfg.head_dim), np.float32)
     vs = np.zeros_like(ks)
     i = 0
